@@ -1,0 +1,49 @@
+//! Where images come from.
+//!
+//! `strata-registry` turns an image reference into verified bytes: it parses
+//! references (Docker's normalisation and skopeo's `oci:`, `oci-archive:` and
+//! `docker-archive:` transports), speaks the OCI distribution API (auth,
+//! manifests, indexes, platform choice, retries, Range resume), reads local
+//! OCI layouts and `docker save` archives, and hands every blob out as a
+//! [`std::io::Read`] whose size and sha256 are checked as it is read.
+//!
+//! It knows nothing of tar, files on disk or mounting: the layer crate
+//! consumes the streams, the stack crate stores the results.
+//!
+//! ```no_run
+//! use strata_registry::{ImageRef, ImageSource, Options, Platform};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = ImageSource::open(&"alpine:latest".parse::<ImageRef>()?, &Options::default())?;
+//! let image = source.resolve(&Platform::host())?;
+//! for layer in image.layers()? {
+//!     let mut stream = source.blob(&layer.descriptor, "layer")?;
+//!     std::io::copy(&mut stream, &mut std::io::sink())?; // verified at the end
+//! }
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod digest;
+mod error;
+mod local;
+mod manifest;
+mod platform;
+mod reference;
+mod remote;
+mod source;
+
+pub use auth::{Credentials, auth_files};
+pub use digest::{
+    StreamHasher, VerifiedReader, check_digest, integrity_error, parse_digest, sha256_of,
+};
+pub use error::{Error, Result};
+pub use manifest::{
+    Compression, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Parsed, RawManifest,
+    is_foreign_layer, layer_compression,
+};
+/// The OCI types this crate's API uses, re-exported so callers match versions.
+pub use oci_spec;
+pub use platform::Platform;
+pub use reference::{ArchiveImage, DOCKER_HUB, ImageRef, Reference};
+pub use remote::RetryPolicy;
+pub use source::{ImageSource, Layer, Options, PlainHttp, ResolvedImage};

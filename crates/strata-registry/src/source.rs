@@ -1,0 +1,283 @@
+//! One API over every place an image can come from.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifest};
+use tracing::debug;
+
+use crate::auth::Credentials;
+use crate::digest::{VerifiedReader, check_digest};
+use crate::local::{DockerArchive, OciLayout};
+use crate::manifest::{MAX_CONFIG_BYTES, Parsed, RawManifest, check_layers};
+use crate::platform::{Platform, choose};
+use crate::reference::ImageRef;
+use crate::remote::{Remote, RetryPolicy, build_client};
+use crate::{Error, Result};
+
+/// When to speak plain HTTP to a registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// HTTPS, except that a loopback registry that fails HTTPS is tried over
+    /// HTTP (what `docker` does for `localhost`).
+    #[default]
+    Auto,
+    /// Always HTTP (`--plain-http`).
+    Always,
+    /// Never HTTP, not even on loopback.
+    Never,
+}
+
+/// How to reach registries. The defaults are what a user expects.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--plain-http`.
+    pub plain_http: PlainHttp,
+    /// `--ca-file`: extra PEM roots to trust.
+    pub ca_files: Vec<PathBuf>,
+    /// `--insecure`: accept any TLS certificate.
+    pub insecure: bool,
+    /// `--creds`; when `None`, [`Options::auth_files`] are searched.
+    pub creds: Option<Credentials>,
+    /// Auth files to search, in order (default: [`crate::auth_files`]).
+    pub auth_files: Vec<PathBuf>,
+    /// Retries and resumes.
+    pub retry: RetryPolicy,
+    /// How long a request may wait for headers, or a body for its next bytes.
+    pub stall_timeout: Duration,
+    /// Fetch foreign (non-distributable) layers from their `urls`.
+    pub foreign_urls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            plain_http: PlainHttp::Auto,
+            ca_files: Vec::new(),
+            insecure: false,
+            creds: None,
+            auth_files: crate::auth::auth_files(),
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(60),
+            foreign_urls: false,
+        }
+    }
+}
+
+/// What each kind of source provides; the verification and platform logic
+/// on top is shared in [`ImageSource`].
+pub(crate) trait Transport: Send + Sync {
+    /// The reference, for messages.
+    fn describe(&self) -> String;
+    /// The manifest or index the reference names.
+    fn top(&self) -> Result<RawManifest>;
+    /// A manifest an index points to (bytes verified against the descriptor).
+    fn manifest(&self, descriptor: &Descriptor) -> Result<RawManifest>;
+    /// A blob's bytes, not yet verified.
+    fn blob(&self, descriptor: &Descriptor) -> Result<Box<dyn Read + Send>>;
+}
+
+/// An opened image source: a registry repository, an OCI layout (directory or
+/// tar) or a `docker save` archive. Safe to share across threads, so that
+/// every layer can be read at once.
+pub struct ImageSource {
+    reference: ImageRef,
+    transport: Box<dyn Transport>,
+}
+
+/// One layer of a resolved image: where its bytes are and what they must
+/// hash to once decompressed.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The descriptor from the manifest (digest of the compressed bytes).
+    pub descriptor: Descriptor,
+    /// The config's `rootfs.diff_ids` entry: sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+}
+
+/// An image resolved to one platform: verified manifest and config.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference as given.
+    pub reference: String,
+    /// The index the reference named, if it named one.
+    pub index: Option<RawManifest>,
+    /// The platform manifest, verified.
+    pub manifest: RawManifest,
+    /// The platform manifest, parsed.
+    pub parsed_manifest: ImageManifest,
+    /// The config blob, verified against the manifest.
+    pub config_bytes: Vec<u8>,
+    /// The config, parsed.
+    pub config: ImageConfiguration,
+}
+
+impl ResolvedImage {
+    /// The layers, bottom first, each with its diff_id.
+    ///
+    /// # Errors
+    /// When the config has a different number of diff_ids than the manifest
+    /// has layers, or an invalid one.
+    pub fn layers(&self) -> Result<Vec<Layer>> {
+        let descriptors = self.parsed_manifest.layers();
+        let diff_ids = self.config.rootfs().diff_ids();
+        if descriptors.len() != diff_ids.len() {
+            return Err(Error::InvalidLayout {
+                path: self.reference.clone().into(),
+                format: "image",
+                detail: format!(
+                    "the manifest lists {} layers but the config has {} diff_ids",
+                    descriptors.len(),
+                    diff_ids.len()
+                ),
+            });
+        }
+        descriptors
+            .iter()
+            .zip(diff_ids)
+            .map(|(d, id)| {
+                Ok(Layer {
+                    descriptor: d.clone(),
+                    diff_id: crate::digest::parse_digest(id)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl ImageSource {
+    /// Opens a source: for a registry this pings it and settles scheme and
+    /// authentication; for local files it reads their index.
+    ///
+    /// # Errors
+    /// Whatever stops the source from being read: network, auth, a missing
+    /// or malformed file.
+    pub fn open(reference: &ImageRef, options: &Options) -> Result<Self> {
+        let transport: Box<dyn Transport> = match reference {
+            ImageRef::Registry(r) => {
+                let http = build_client(options)?;
+                Box::new(Remote::open(r.clone(), options, http)?)
+            }
+            ImageRef::OciDir { path, tag } => Box::new(OciLayout::open_dir(path, tag.clone())?),
+            ImageRef::OciArchive { path, tag } => {
+                Box::new(OciLayout::open_archive(path, tag.clone())?)
+            }
+            ImageRef::DockerArchive { path, image } => {
+                Box::new(DockerArchive::open(path, image.clone())?)
+            }
+        };
+        Ok(Self {
+            reference: reference.clone(),
+            transport,
+        })
+    }
+
+    /// The reference this source was opened with.
+    #[must_use]
+    pub fn reference(&self) -> &ImageRef {
+        &self.reference
+    }
+
+    /// The manifest or index the reference names, as the source holds it
+    /// (what `crane manifest` prints).
+    ///
+    /// # Errors
+    /// Network, auth, not found, digest mismatch.
+    pub fn raw_manifest(&self) -> Result<RawManifest> {
+        self.transport.top()
+    }
+
+    /// Resolves the reference to one platform's manifest and config, verifying
+    /// every digest on the way.
+    ///
+    /// # Errors
+    /// As [`ImageSource::raw_manifest`], plus [`Error::NoMatchingPlatform`],
+    /// unsupported manifests or layers, and an invalid config.
+    pub fn resolve(&self, platform: &Platform) -> Result<ResolvedImage> {
+        let name = self.transport.describe();
+        let top = self.transport.top()?;
+        let (index, manifest) = match top.parse(&name)? {
+            Parsed::Manifest(m) => (None, (top, *m)),
+            Parsed::Index(index) => {
+                let chosen = choose(&index, platform, &name)?;
+                debug!(digest = %chosen.digest(), %platform, "chose platform manifest");
+                let raw = self.transport.manifest(chosen)?;
+                match raw.parse(&name)? {
+                    Parsed::Manifest(m) => (Some(top), (raw, *m)),
+                    Parsed::Index(_) => {
+                        return Err(Error::UnsupportedManifest {
+                            reference: name,
+                            media_type: raw.media_type,
+                            hint: "; an index inside an index is not supported",
+                        });
+                    }
+                }
+            }
+        };
+        let (manifest, parsed_manifest) = manifest;
+        check_layers(&parsed_manifest, &name)?;
+        let config_descriptor = parsed_manifest.config();
+        check_digest(config_descriptor.digest())?;
+        if config_descriptor.size() > MAX_CONFIG_BYTES {
+            return Err(Error::TooLarge {
+                what: format!("config of {name}"),
+                size: config_descriptor.size(),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
+        let mut config_bytes = Vec::new();
+        self.blob(config_descriptor, "config")?
+            .read_to_end(&mut config_bytes)
+            .map_err(|e| match crate::digest::integrity_error(&e) {
+                Some(_) => integrity_from_io(e),
+                None => Error::io(
+                    format!("config {} of {name}", config_descriptor.digest()),
+                    e,
+                ),
+            })?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| {
+            Error::json(
+                format!("config {} of {name}", config_descriptor.digest()),
+                e,
+            )
+        })?;
+        Ok(ResolvedImage {
+            reference: name,
+            index,
+            manifest,
+            parsed_manifest,
+            config_bytes,
+            config,
+        })
+    }
+
+    /// A blob as a stream whose size and digest are verified as it is read
+    /// (see [`VerifiedReader`]). `what` names it in errors ("layer 3").
+    ///
+    /// # Errors
+    /// When the blob cannot be opened. Later errors come from `read`.
+    pub fn blob(
+        &self,
+        descriptor: &Descriptor,
+        what: &str,
+    ) -> Result<VerifiedReader<Box<dyn Read + Send>>> {
+        check_digest(descriptor.digest())?;
+        let inner = self.transport.blob(descriptor)?;
+        Ok(VerifiedReader::new(
+            inner,
+            format!("{what} of {}", self.transport.describe()),
+            descriptor.digest().clone(),
+            descriptor.size(),
+        ))
+    }
+}
+
+/// Turns an `io::Error` carrying one of this crate's errors back into it.
+fn integrity_from_io(e: std::io::Error) -> Error {
+    match e.into_inner().map(|b| b.downcast::<Error>()) {
+        Some(Ok(inner)) => *inner,
+        Some(Err(other)) => Error::io("<stream>", std::io::Error::other(other)),
+        None => Error::io("<stream>", std::io::Error::other("unknown error")),
+    }
+}

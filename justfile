@@ -1,0 +1,38 @@
+# strata's tasks. `just --list` shows them with these comments.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    @just --list
+
+# Run every test tier that needs no internet (unit, registry, local sources); needs the Debian tools .ci/run installs
+test:
+    cargo test --workspace --locked --all-targets
+
+# Formatting, lints, docs and tests: what a change must pass
+check: fmt-check clippy doc test
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Fail if the code is not formatted
+fmt-check:
+    cargo fmt --all -- --check
+
+# Clippy on everything, warnings are errors
+clippy:
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Build the docs, warnings are errors
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# Tests that pull from Docker Hub and ghcr.io for real (needs internet; off by default)
+test-internet:
+    STRATA_INTERNET_TESTS=1 cargo test --locked --test it internet_ -- --nocapture
+
+# Install the Debian packages and tools the tests use (as root)
+deps:
+    bash .ci/deps
