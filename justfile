@@ -31,7 +31,7 @@ doc:
 
 # Tests that pull from Docker Hub and ghcr.io for real (needs internet; off by default)
 test-internet:
-    STRATA_INTERNET_TESTS=1 cargo test --locked --test it internet_ -- --nocapture
+    cargo test --locked -p strata --features internet-tests --test it internet_
 
 # Install the Debian packages and tools the tests use (as root)
 deps:

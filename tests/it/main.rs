@@ -1,1 +1,17 @@
-//! Integration tests of the `strata` binary against real parts.
+//! Integration tests of `strata` against real parts: Debian's distribution
+//! registry, images built with umoci and skopeo, `docker save` archives made
+//! by Docker. One binary (ripgrep's layout); helpers live in `util`.
+#![allow(
+    unreachable_pub,
+    reason = "a test binary exports nothing; pub marks the helpers' API"
+)]
+
+mod util;
+
+mod local_sources;
+mod registry_auth;
+mod registry_faults;
+mod registry_pull;
+
+#[cfg(feature = "internet-tests")]
+mod internet;

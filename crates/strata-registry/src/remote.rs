@@ -109,6 +109,54 @@ fn retryable_status(s: StatusCode) -> bool {
     matches!(s.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// Whether a transport error may go away by itself: refused, reset or timed
+/// out connections. TLS failures (an untrusted certificate, a plain-HTTP
+/// server on the other end) will not, so they fail at once.
+///
+/// A refused connection is transient only once the registry has answered:
+/// on first contact it means nothing listens there (a wrong port), and
+/// retrying would only make the user wait.
+fn transient(error: &reqwest::Error, refused_is_transient: bool) -> bool {
+    if error.is_timeout() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return (refused_is_transient && io.kind() == io::ErrorKind::ConnectionRefused)
+                || matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::NotConnected
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::Interrupted
+                );
+        }
+        if let Some(hyper) = e.downcast_ref::<reqwest::Error>() {
+            if hyper.is_body() || hyper.is_decode() {
+                return false;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// An error and its causes on one line, for log messages.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
     headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
 }
@@ -160,33 +208,37 @@ impl Remote {
             (PlainHttp::Auto, true) => &["https", "http"],
             (PlainHttp::Auto | PlainHttp::Never, _) => &["https"],
         };
-        let mut last_err = None;
-        for (i, scheme) in schemes.iter().enumerate() {
-            let base = format!("{scheme}://{host}");
-            let inner = Inner {
+        let mut https_error = None;
+        for scheme in schemes {
+            let remote = Self(Arc::new(Inner {
                 reference: reference.clone(),
                 http: http.clone(),
-                base,
+                base: format!("{scheme}://{host}"),
                 creds: creds.clone(),
                 auth: Mutex::new(AuthState::Anonymous),
                 retry: opts.retry.clone(),
                 foreign_urls: opts.foreign_urls,
-            };
-            let remote = Self(Arc::new(inner));
-            match remote.ping() {
-                Ok(()) => return Ok(remote),
-                // HTTPS failed to connect or handshake: a loopback registry may
-                // speak plain HTTP (as `docker` and `skopeo` assume there too).
-                Err(Error::Http { .. }) if i + 1 < schemes.len() => {
-                    debug!(host = %host, "HTTPS failed on a loopback registry, trying plain HTTP");
+            }));
+            match (remote.ping(), https_error.take()) {
+                (Ok(status), None) => {
+                    debug!(scheme, status = status.as_u16(), "registry answered");
+                    return Ok(remote);
                 }
-                Err(e) => {
-                    last_err = Some(e);
-                    break;
+                // The plain-HTTP fallback counts only if it is a registry
+                // answering; otherwise the HTTPS failure is the real story
+                // (e.g. a TLS registry whose CA is not trusted).
+                (Ok(status), Some(first)) => {
+                    if status.is_success() || status == StatusCode::UNAUTHORIZED {
+                        debug!(host = %host, "HTTPS failed on a loopback registry; it speaks plain HTTP");
+                        return Ok(remote);
+                    }
+                    return Err(first);
                 }
+                (Err(e @ Error::Http { .. }), None) if schemes.len() > 1 => https_error = Some(e),
+                (Err(e), first) => return Err(first.unwrap_or(e)),
             }
         }
-        Err(last_err.expect("the loop tried at least once"))
+        Err(https_error.expect("the loop ends early unless HTTPS failed"))
     }
 
     fn url(&self, tail: &str) -> String {
@@ -198,13 +250,13 @@ impl Remote {
     }
 
     /// `GET /v2/`: 200 means anonymous; 401 carries the challenge.
-    fn ping(&self) -> Result<()> {
+    fn ping(&self) -> Result<StatusCode> {
         let url = format!("{}/v2/", self.0.base);
         let response = self.send_with_retries("GET", &url, || self.0.http.get(&url))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             self.take_challenge(&response)?;
         }
-        Ok(())
+        Ok(response.status())
     }
 
     fn take_challenge(&self, response: &Response) -> Result<()> {
@@ -326,8 +378,8 @@ impl Remote {
         loop {
             let last = attempt + 1 >= policy.attempts;
             match build().send() {
-                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
-                    warn!(url, error = %e, attempt, "request failed, retrying");
+                Err(e) if !last && transient(&e, !url.ends_with("/v2/")) => {
+                    warn!(url, error = %error_chain(&e), attempt, "request failed, retrying");
                     sleep(policy.backoff(attempt));
                 }
                 Err(e) => return Err(http_error(method, url, e)),

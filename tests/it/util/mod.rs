@@ -1,0 +1,191 @@
+//! Test helpers: running the binary, building test images, real registries.
+
+#![allow(
+    dead_code,
+    reason = "each test module uses a different part of the helpers"
+)]
+
+pub mod http;
+pub mod registry;
+pub mod tls;
+pub mod token;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use strata_registry::{Options, RetryPolicy};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `../shared/images/real/`: `docker save` archives made by Docker itself.
+pub fn real_images_dir() -> PathBuf {
+    let dir = repo_root().join("../shared/images/real");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the docker-save test archives live in the shared/ folder beside the repository",
+        dir.display()
+    );
+    dir
+}
+
+/// Fails the test, loudly, when a tool it needs is not installed.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()));
+    assert!(
+        found,
+        "`{tool}` is not installed; this test needs it. Install it with `just deps` (apt-get install {package})"
+    );
+}
+
+/// A HOME with no credentials, so the user's own auth files never leak in.
+fn clean_home() -> &'static Path {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().expect("temp home"))
+        .path()
+}
+
+/// The `strata` binary, with an environment free of the user's credentials.
+pub fn strata() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.env("HOME", clean_home())
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("STRATA_CREDS")
+        .env_remove("STRATA_LOG");
+    cmd
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("spawning the command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs a command that must fail; returns exit code and stderr.
+pub fn run_err(cmd: &mut Command) -> (i32, String) {
+    let out: Output = cmd.output().expect("spawning the command");
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded but should have failed\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sha256:<hex>` of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Library options for tests: no auth files, quick retries.
+pub fn fast_options() -> Options {
+    Options {
+        auth_files: Vec::new(),
+        retry: RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(2),
+            resumes: 5,
+        },
+        stall_timeout: Duration::from_secs(10),
+        ..Options::default()
+    }
+}
+
+/// Builds a test image with a `testdata/` script once per content of the
+/// script, caching it under the target directory.
+fn built_image(script: &str) -> PathBuf {
+    require_tool("umoci", "umoci");
+    let script_path = repo_root().join("testdata").join(script);
+    let text = std::fs::read(&script_path).expect("reading the testdata script");
+    let key = &sha256(&text)[7..19];
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("images/{script}-{key}"));
+    if out.join("done").exists() {
+        return out;
+    }
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let status = Command::new("bash")
+        .arg(&script_path)
+        .arg(&tmp)
+        .status()
+        .expect("running the testdata script");
+    assert!(status.success(), "{} failed", script_path.display());
+    std::fs::write(tmp.join("done"), b"").unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// The busybox test image (see testdata/README.md), with a third tag `multi`
+/// added here: an OCI index of its `latest` (linux/amd64) and `arm64` manifests.
+pub fn busybox_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let layout = built_image("build-busybox-image.sh").join("layout");
+        add_multi_platform_index(&layout);
+        layout
+    })
+}
+
+fn add_multi_platform_index(layout: &Path) {
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let manifests = index["manifests"].as_array().unwrap().clone();
+    if manifests
+        .iter()
+        .any(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "multi")
+    {
+        return;
+    }
+    let by_tag = |tag: &str| {
+        manifests
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("tag {tag} missing from the test layout"))
+            .clone()
+    };
+    let entry = |tag: &str, arch: &str| {
+        let mut m = by_tag(tag);
+        m.as_object_mut().unwrap().remove("annotations");
+        m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        m
+    };
+    let multi = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("latest", "amd64"), entry("arm64", "arm64")],
+    });
+    let bytes = serde_json::to_vec(&multi).unwrap();
+    let digest = sha256(&bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&digest[7..]), &bytes).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
