@@ -8,7 +8,11 @@ default:
 
 # Run every test tier that needs no internet (unit, registry, local sources); needs the Debian tools .ci/run installs
 test:
-    cargo test --workspace --locked --all-targets
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p target
+    cargo test --workspace --locked --all-targets 2>&1 | tee target/test.log
+    awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
 
 # Formatting, lints, docs and tests: what a change must pass
 check: fmt-check clippy doc test

@@ -1,5 +1,171 @@
 //! One layer stream into one directory.
 //!
-//! Not yet filled in: the layer issue brings the extractor (overlay and apply
-//! modes, whiteout translation, path safety, diff_id verification). It will
-//! know nothing of registries, stores or mounts.
+//! `strata-layer` reads a layer (gzip, zstd or plain tar), checks its diff_id,
+//! and writes its entries into a directory in one of two modes:
+//!
+//! - [`Mode::Overlay`]: the directory becomes one overlayfs lower layer. OCI
+//!   whiteouts (`.wh.NAME`) become char devices 0:0, opaque markers
+//!   (`.wh..wh..opq`) become the `overlay.opaque` xattr. What depends on the
+//!   layers below is reported in [`Summary::fixups`] and resolved by
+//!   [`fix_up`] once they exist.
+//! - [`Mode::Apply`]: the directory already holds the layers below (a
+//!   flattened rootfs); whiteouts delete from it, and nothing the same layer
+//!   wrote is removed, whatever the order of entries.
+//!
+//! Every path is resolved inside the target with `openat2(RESOLVE_IN_ROOT)`:
+//! `..`, absolute names and symlinks (in this layer or below) cannot lead
+//! out of it. The rules are written down in `docs/whiteouts.md`.
+//!
+//! It knows nothing of registries, stores or mounts: the caller hands it a
+//! `Read` and a directory.
+
+mod compression;
+mod engine;
+mod entry;
+mod error;
+mod fixup;
+mod names;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use compression::Compression;
+pub use entry::{DirSource, Entry, EntrySource, Kind};
+pub use error::{Error, Result};
+pub use fixup::fix_up;
+pub use sys::running_as_root;
+
+/// How whiteouts are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One overlayfs layer directory per layer.
+    #[default]
+    Overlay,
+    /// Onto a directory that holds the layers below (flattening).
+    Apply,
+}
+
+/// Which xattr namespace the overlay reads (`userxattr` mounts read `user.`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlayXattr {
+    /// `trusted.overlay.*`, for mounts made by root.
+    #[default]
+    Trusted,
+    /// `user.overlay.*`, for rootless mounts with `userxattr`.
+    User,
+}
+
+/// Default limit on a layer's decompressed size: 64 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
+/// Default limit on a layer's entry count: 10 million.
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
+
+/// How to extract.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Overlay or apply.
+    pub mode: Mode,
+    /// The overlay xattr namespace (overlay mode).
+    pub overlay_xattr: OverlayXattr,
+    /// Stop a layer that decompresses to more than this many bytes.
+    pub max_bytes: u64,
+    /// Stop a layer with more entries than this.
+    pub max_entries: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Overlay,
+            overlay_xattr: OverlayXattr::Trusted,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// What needs the lower layers to finish (overlay mode); see [`fix_up`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fixups {
+    /// Directories created for entries below them but not listed themselves.
+    pub implied_dirs: Vec<PathBuf>,
+    /// Hard links (path, target) whose target is not in this layer.
+    pub lower_links: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Fixups {
+    /// Whether [`fix_up`] has anything to do.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.implied_dirs.is_empty() && self.lower_links.is_empty()
+    }
+}
+
+/// What one layer held.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Tar entries read.
+    pub entries: u64,
+    /// Decompressed (tar) bytes.
+    pub bytes: u64,
+    /// `.wh.` whiteouts.
+    pub whiteouts: u64,
+    /// Opaque-directory markers.
+    pub opaque_dirs: u64,
+    /// Entries or attributes not written (devices without root, aufs
+    /// metadata, overlay xattrs, xattrs the filesystem refused).
+    pub skipped: u64,
+    /// The sha256 of the decompressed tar, as `sha256:<hex>`.
+    pub diff_id: String,
+    /// Work left for [`fix_up`] (overlay mode).
+    pub fixups: Fixups,
+}
+
+/// Extracts one layer stream into `target`, which must exist.
+///
+/// The stream is read to its end (also past the tar's end marker) so that
+/// both the diff_id here and a digest check in the reader see every byte.
+/// On a diff_id mismatch the error names both digests; the caller must
+/// discard `target` then.
+///
+/// # Errors
+/// A bad stream, a refused entry, a limit, an I/O error, or the mismatch.
+pub fn extract<R: Read>(
+    reader: R,
+    hint: Option<Compression>,
+    expected_diff_id: Option<&str>,
+    target: &Path,
+    options: &Options,
+) -> Result<Summary> {
+    let stream = compression::TarStream::new(reader, hint, options.max_bytes)?;
+    let mut source = entry::TarSource::new(stream);
+    let mut summary = engine::Writer::new(target, options)?.run(&mut source)?;
+    let stream = source.into_stream();
+    summary.bytes = stream.decompressed_bytes();
+    summary.diff_id = stream.finish()?;
+    if let Some(expected) = expected_diff_id {
+        if summary.diff_id != expected {
+            return Err(Error::DiffIdMismatch {
+                expected: expected.to_owned(),
+                actual: summary.diff_id,
+            });
+        }
+    }
+    Ok(summary)
+}
+
+/// Applies entries from any source (e.g. a store layer directory through
+/// [`DirSource`]) onto `target` with the same rules as [`extract`].
+///
+/// # Errors
+/// As [`extract`], without the stream errors.
+pub fn apply_source(
+    source: &mut dyn EntrySource,
+    target: &Path,
+    options: &Options,
+) -> Result<Summary> {
+    engine::Writer::new(target, options)?.run(source)
+}

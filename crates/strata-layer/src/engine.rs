@@ -1,0 +1,640 @@
+//! The extraction engine: entries in, files out, in overlay or apply mode.
+//!
+//! Order of metadata for every entry: create, chown, chmod (after chown,
+//! which clears setuid), xattrs (after chown, which clears capabilities),
+//! mtime last. Directories get their mode and mtime at the very end, after
+//! their content, so a read-only directory can still be filled and keeps the
+//! mtime the tar gave it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode as FsMode, OFlags, Uid, XattrFlags};
+use tracing::warn;
+
+use crate::entry::{Entry, EntrySource, Kind};
+use crate::names::{Name, classify, clean};
+use crate::{Error, Fixups, Mode, Options, OverlayXattr, Result, Summary, sys};
+
+const COPY_BUFFER: usize = 256 << 10;
+
+pub(crate) struct Writer<'o> {
+    root: OwnedFd,
+    opts: &'o Options,
+    as_root: bool,
+    escape_overlay_xattrs: bool,
+    /// Paths this layer wrote, and their ancestors.
+    touched: HashSet<PathBuf>,
+    /// Overlay mode: whiteout devices this layer made.
+    whiteouts: HashSet<PathBuf>,
+    /// Apply mode: directories to empty of lower content at the end.
+    opaque: Vec<PathBuf>,
+    /// Directories whose mode and mtime are set at the end.
+    dirs: Vec<(PathBuf, u32, i64)>,
+    implied: BTreeSet<PathBuf>,
+    lower_links: Vec<(PathBuf, PathBuf)>,
+    summary: Summary,
+    warned_devices: bool,
+    buffer: Vec<u8>,
+}
+
+fn uid(n: u64) -> Option<Uid> {
+    u32::try_from(n).ok().map(Uid::from_raw)
+}
+
+fn gid(n: u64) -> Option<Gid> {
+    u32::try_from(n).ok().map(Gid::from_raw)
+}
+
+fn base(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or(OsStr::new("."))
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
+}
+
+impl<'o> Writer<'o> {
+    pub(crate) fn new(target: &Path, opts: &'o Options) -> Result<Self> {
+        let root = sys::open_root(target)
+            .map_err(|e| Error::io("opening the target directory", target, e))?;
+        Ok(Self {
+            root,
+            opts,
+            as_root: sys::running_as_root(),
+            escape_overlay_xattrs: opts.mode == Mode::Overlay && sys::kernel_at_least(6, 7),
+            touched: HashSet::new(),
+            whiteouts: HashSet::new(),
+            opaque: Vec::new(),
+            dirs: Vec::new(),
+            implied: BTreeSet::new(),
+            lower_links: Vec::new(),
+            summary: Summary::default(),
+            warned_devices: false,
+            buffer: vec![0; COPY_BUFFER],
+        })
+    }
+
+    /// Consumes every entry of `source`, then finishes the layer.
+    pub(crate) fn run(mut self, source: &mut dyn EntrySource) -> Result<Summary> {
+        source.visit(&mut |entry, data| self.entry(entry, data))?;
+        self.finish()
+    }
+
+    fn touch(&mut self, path: &Path) {
+        let mut p = Some(path);
+        while let Some(q) = p {
+            if !self.touched.insert(q.to_owned()) {
+                break;
+            }
+            p = q.parent();
+        }
+    }
+
+    fn entry(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()> {
+        self.summary.entries += 1;
+        if self.summary.entries > self.opts.max_entries {
+            return Err(Error::LimitExceeded {
+                what: "entries",
+                limit: self.opts.max_entries,
+            });
+        }
+        let label = entry.label();
+        let path = clean(&entry.name)?;
+        match classify(&path, &label)? {
+            Name::AufsMeta => {
+                self.summary.skipped += 1;
+                Ok(())
+            }
+            Name::Opaque(dir) => self.opaque_marker(&dir, &label),
+            Name::Whiteout(target) => self.whiteout(&target, &label),
+            Name::Plain => self.write(&path, entry, data, &label),
+        }
+    }
+
+    /// Opens directory `rel`, creating it and any missing parents (0755,
+    /// root) when absent. Overlay mode records such directories so that the
+    /// fix-up can give them the metadata the same path has below.
+    fn ensure_dir(&mut self, rel: &Path, label: &str) -> Result<OwnedFd> {
+        match sys::resolve_dir(&self.root, rel) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                if self.opts.mode == Mode::Overlay && self.whiteouts.remove(rel) {
+                    // `.wh.d` then `d/x` in one layer: d is recreated, opaque.
+                    let pfd = sys::resolve_dir(&self.root, parent(rel))
+                        .map_err(|e| Error::io("opening", rel, e))?;
+                    rfs::unlinkat(&pfd, base(rel), AtFlags::empty())
+                        .map_err(|e| Error::io("replacing", rel, e))?;
+                    let fd = self.make_implied(&pfd, rel)?;
+                    self.set_opaque(&fd, rel)?;
+                    return Ok(fd);
+                }
+                return Err(Error::entry(
+                    label,
+                    format!("{} is not a directory", rel.display()),
+                ));
+            }
+            Err(e) => return Err(Error::io("opening", rel, e)),
+        }
+        if rel.as_os_str().is_empty() {
+            return Err(Error::io(
+                "opening",
+                rel,
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        let pfd = self.ensure_dir(parent(rel), label)?;
+        self.make_implied(&pfd, rel)
+    }
+
+    fn make_implied(&mut self, pfd: &OwnedFd, rel: &Path) -> Result<OwnedFd> {
+        match rfs::mkdirat(pfd, base(rel), FsMode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(Error::entry(
+                    rel.to_string_lossy(),
+                    "a parent exists but is not a directory (a symlink to a missing directory?)",
+                ));
+            }
+            Err(e) => return Err(Error::io("creating", rel, e)),
+        }
+        let fd =
+            sys::open_nofollow(pfd, base(rel), true).map_err(|e| Error::io("opening", rel, e))?;
+        rfs::fchmod(&fd, FsMode::from_raw_mode(0o755))
+            .map_err(|e| Error::io("setting the mode of", rel, e))?;
+        if self.opts.mode == Mode::Overlay {
+            self.implied.insert(rel.to_owned());
+        }
+        self.touch(rel);
+        Ok(fd)
+    }
+
+    fn set_opaque(&self, fd: &OwnedFd, rel: &Path) -> Result<()> {
+        let name = format!("{}opaque", self.opts.overlay_xattr.prefix());
+        rfs::fsetxattr(fd, name.as_str(), b"y", XattrFlags::empty())
+            .map_err(|e| Error::io("marking opaque", rel, e))
+    }
+
+    fn opaque_marker(&mut self, dir: &Path, label: &str) -> Result<()> {
+        self.summary.opaque_dirs += 1;
+        self.ensure_dir(dir, label)?;
+        self.touch(dir);
+        match self.opts.mode {
+            Mode::Overlay => {
+                let fd =
+                    sys::resolve_read(&self.root, dir).map_err(|e| Error::io("opening", dir, e))?;
+                self.set_opaque(&fd, dir)
+            }
+            // Deferred: an opaque marker acts as if it came first in the layer.
+            Mode::Apply => {
+                self.opaque.push(dir.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn whiteout(&mut self, target: &Path, label: &str) -> Result<()> {
+        self.summary.whiteouts += 1;
+        let is_dir = |pfd: &OwnedFd| {
+            sys::lstat_at(pfd, base(target))
+                .ok()
+                .flatten()
+                .is_some_and(|st| sys::file_type(&st) == FileType::Directory)
+        };
+        if self.touched.contains(target) {
+            // This layer wrote the path: it stays; only what is below goes.
+            let Ok(pfd) = sys::resolve_dir(&self.root, parent(target)) else {
+                return Ok(());
+            };
+            if is_dir(&pfd) {
+                match self.opts.mode {
+                    Mode::Overlay => {
+                        let fd = sys::open_nofollow(&pfd, base(target), true)
+                            .map_err(|e| Error::io("opening", target, e))?;
+                        self.set_opaque(&fd, target)?;
+                    }
+                    Mode::Apply => self.clear_lower(target)?,
+                }
+            }
+            return Ok(());
+        }
+        match self.opts.mode {
+            Mode::Apply => {
+                let pfd = match sys::resolve_dir(&self.root, parent(target)) {
+                    Ok(fd) => fd,
+                    // Nothing below to delete.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotFound
+                            || e.raw_os_error() == Some(libc_enotdir()) =>
+                    {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Error::io("opening", parent(target), e)),
+                };
+                sys::remove_all_at(&pfd, base(target)).map_err(|e| Error::io("deleting", target, e))
+            }
+            Mode::Overlay => {
+                let pfd = self.ensure_dir(parent(target), label)?;
+                if self.whiteouts.contains(target) {
+                    return Ok(());
+                }
+                if !self.as_root {
+                    return Err(Error::entry(
+                        label,
+                        "overlay whiteouts are char devices 0:0, which only root can create",
+                    ));
+                }
+                rfs::mknodat(
+                    &pfd,
+                    base(target),
+                    FileType::CharacterDevice,
+                    FsMode::empty(),
+                    rfs::makedev(0, 0),
+                )
+                .map_err(|e| Error::io("creating the whiteout", target, e))?;
+                self.whiteouts.insert(target.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// Apply mode: removes from `dir` everything this layer did not write.
+    fn clear_lower(&mut self, dir: &Path) -> Result<()> {
+        let fd = sys::resolve_read(&self.root, dir).map_err(|e| Error::io("opening", dir, e))?;
+        for name in sys::list_dir(&fd).map_err(|e| Error::io("listing", dir, e))? {
+            let child = dir.join(&name);
+            if self.touched.contains(&child) {
+                let st = sys::lstat_at(&fd, &name).map_err(|e| Error::io("reading", &child, e))?;
+                if st.is_some_and(|st| sys::file_type(&st) == FileType::Directory) {
+                    self.clear_lower(&child)?;
+                }
+            } else {
+                sys::remove_all_at(&fd, &name).map_err(|e| Error::io("deleting", &child, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        path: &Path,
+        entry: &Entry,
+        data: &mut dyn Read,
+        label: &str,
+    ) -> Result<()> {
+        if path.as_os_str().is_empty() {
+            if entry.kind != Kind::Dir {
+                return Err(Error::entry(
+                    label,
+                    "it would replace the layer's root directory with a non-directory",
+                ));
+            }
+            let fd =
+                sys::resolve_read(&self.root, path).map_err(|e| Error::io("opening", "/", e))?;
+            self.own(&fd, entry, path)?;
+            self.set_xattrs(&fd, entry, path, label)?;
+            self.dirs.push((PathBuf::new(), entry.mode, entry.mtime));
+            return Ok(());
+        }
+        let pfd = self.ensure_dir(parent(path), label)?;
+        let name = base(path);
+        let existing = sys::lstat_at(&pfd, name).map_err(|e| Error::io("reading", path, e))?;
+        let mut make_opaque = false;
+        if self.opts.mode == Mode::Overlay && self.whiteouts.remove(path) {
+            make_opaque = entry.kind == Kind::Dir;
+        }
+        let keep_dir = entry.kind == Kind::Dir
+            && existing
+                .as_ref()
+                .is_some_and(|st| sys::file_type(st) == FileType::Directory);
+        if existing.is_some() && !keep_dir {
+            sys::remove_all_at(&pfd, name).map_err(|e| Error::io("replacing", path, e))?;
+        }
+        match &entry.kind {
+            Kind::Hardlink(target) => {
+                let target = clean(target)?;
+                if target.as_os_str().is_empty() {
+                    return Err(Error::entry(label, "a hard link to the root directory"));
+                }
+                if self.opts.mode == Mode::Overlay && !self.touched.contains(&target) {
+                    // The target is in a lower layer: copied in by the fix-up.
+                    self.lower_links.push((path.to_owned(), target));
+                    self.touch(path);
+                    return Ok(());
+                }
+                let tfd = sys::resolve_dir(&self.root, parent(&target)).map_err(|e| {
+                    Error::entry(
+                        label,
+                        format!("hard link target {} is missing: {e}", target.display()),
+                    )
+                })?;
+                rfs::linkat(&tfd, base(&target), &pfd, name, AtFlags::empty()).map_err(|e| {
+                    Error::entry(
+                        label,
+                        format!(
+                            "hard link to {} failed: {}",
+                            target.display(),
+                            io::Error::from(e)
+                        ),
+                    )
+                })?;
+            }
+            Kind::File => {
+                let fd = rfs::openat(
+                    &pfd,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    FsMode::from_raw_mode(0o600),
+                )
+                .map_err(|e| Error::io("creating", path, e))?;
+                let mut file = std::fs::File::from(fd);
+                copy(data, &mut file, &mut self.buffer).map_err(|e| match e {
+                    CopyError::Read(e) => crate::entry::stream_error(e),
+                    CopyError::Write(e) => Error::io("writing", path, e),
+                })?;
+                self.own(&file, entry, path)?;
+                rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))
+                    .map_err(|e| Error::io("setting the mode of", path, e))?;
+                self.set_xattrs(&file, entry, path, label)?;
+                rfs::futimens(&file, &sys::times(entry.mtime, 0))
+                    .map_err(|e| Error::io("setting the mtime of", path, e))?;
+            }
+            Kind::Dir => {
+                if !keep_dir {
+                    rfs::mkdirat(&pfd, name, FsMode::from_raw_mode(0o700))
+                        .map_err(|e| Error::io("creating", path, e))?;
+                }
+                let fd = sys::open_nofollow(&pfd, name, true)
+                    .map_err(|e| Error::io("opening", path, e))?;
+                self.own(&fd, entry, path)?;
+                self.set_xattrs(&fd, entry, path, label)?;
+                if make_opaque {
+                    self.set_opaque(&fd, path)?;
+                }
+                self.implied.remove(path);
+                self.dirs.push((path.to_owned(), entry.mode, entry.mtime));
+            }
+            Kind::Symlink(target) => {
+                rfs::symlinkat(target.as_path(), &pfd, name)
+                    .map_err(|e| Error::io("creating the symlink", path, e))?;
+                if self.as_root {
+                    rfs::chownat(
+                        &pfd,
+                        name,
+                        uid(entry.uid),
+                        gid(entry.gid),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| Error::io("setting the owner of", path, e))?;
+                }
+                rfs::utimensat(
+                    &pfd,
+                    name,
+                    &sys::times(entry.mtime, 0),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| Error::io("setting the mtime of", path, e))?;
+            }
+            Kind::Char(major, minor) | Kind::Block(major, minor) => {
+                if !self.as_root {
+                    self.summary.skipped += 1;
+                    if !self.warned_devices {
+                        warn!(
+                            entry = label,
+                            "skipping device nodes: only root can create them"
+                        );
+                        self.warned_devices = true;
+                    }
+                    return Ok(());
+                }
+                let kind = if matches!(entry.kind, Kind::Char(..)) {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                rfs::mknodat(
+                    &pfd,
+                    name,
+                    kind,
+                    FsMode::empty(),
+                    rfs::makedev(*major, *minor),
+                )
+                .map_err(|e| Error::io("creating the device", path, e))?;
+                self.node_metadata(&pfd, path, entry)?;
+            }
+            Kind::Fifo => {
+                rfs::mknodat(&pfd, name, FileType::Fifo, FsMode::empty(), 0)
+                    .map_err(|e| Error::io("creating the fifo", path, e))?;
+                self.node_metadata(&pfd, path, entry)?;
+            }
+        }
+        self.touch(path);
+        Ok(())
+    }
+
+    fn node_metadata(&self, pfd: &OwnedFd, path: &Path, entry: &Entry) -> Result<()> {
+        let name = base(path);
+        if self.as_root {
+            rfs::chownat(
+                pfd,
+                name,
+                uid(entry.uid),
+                gid(entry.gid),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| Error::io("setting the owner of", path, e))?;
+        }
+        rfs::chmodat(
+            pfd,
+            name,
+            FsMode::from_raw_mode(entry.mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| Error::io("setting the mode of", path, e))?;
+        rfs::utimensat(
+            pfd,
+            name,
+            &sys::times(entry.mtime, 0),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("setting the mtime of", path, e))
+    }
+
+    fn own(&self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
+        if self.as_root {
+            rfs::fchown(fd, uid(entry.uid), gid(entry.gid))
+                .map_err(|e| Error::io("setting the owner of", path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Sets an entry's xattrs. Overlay's own namespaces never pass through
+    /// as they are: a layer must not steer the overlay.
+    fn set_xattrs(&mut self, fd: impl AsFd, entry: &Entry, path: &Path, label: &str) -> Result<()> {
+        for (key, value) in &entry.xattrs {
+            let key = match overlay_xattr_policy(key, self.opts, self.escape_overlay_xattrs) {
+                XattrPolicy::Keep => key.clone(),
+                XattrPolicy::Escape(escaped) => escaped,
+                XattrPolicy::Drop => {
+                    warn!(entry = label, xattr = %key, "dropping an overlayfs xattr carried by the layer");
+                    self.summary.skipped += 1;
+                    continue;
+                }
+            };
+            match rfs::fsetxattr(fd.as_fd(), key.as_str(), value, XattrFlags::empty()) {
+                Ok(()) => {}
+                Err(e @ (rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM)) => {
+                    warn!(entry = label, xattr = %key, error = %io::Error::from(e), "cannot set xattr here; skipped");
+                    self.summary.skipped += 1;
+                }
+                Err(e) => return Err(Error::io("setting an xattr on", path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Summary> {
+        for dir in std::mem::take(&mut self.opaque) {
+            self.clear_lower(&dir)?;
+        }
+        for (path, mode, mtime) in self.dirs.iter().rev() {
+            let fd = match sys::resolve_read(&self.root, path) {
+                Ok(fd) => fd,
+                // Deleted or replaced by a later entry of the same layer.
+                Err(_) => continue,
+            };
+            rfs::fchmod(&fd, FsMode::from_raw_mode(*mode))
+                .map_err(|e| Error::io("setting the mode of", path, e))?;
+            rfs::futimens(&fd, &sys::times(*mtime, 0))
+                .map_err(|e| Error::io("setting the mtime of", path, e))?;
+        }
+        self.summary.fixups = Fixups {
+            implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
+            lower_links: std::mem::take(&mut self.lower_links),
+        };
+        Ok(self.summary)
+    }
+}
+
+fn libc_enotdir() -> i32 {
+    rustix::io::Errno::NOTDIR.raw_os_error()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum XattrPolicy {
+    Keep,
+    Escape(String),
+    Drop,
+}
+
+/// What to do with one xattr name from a layer. Pure, for unit tests.
+pub(crate) fn overlay_xattr_policy(
+    key: &str,
+    opts: &Options,
+    escape_supported: bool,
+) -> XattrPolicy {
+    let is_overlay = key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.");
+    if !is_overlay {
+        return XattrPolicy::Keep;
+    }
+    let prefix = opts.overlay_xattr.prefix();
+    match (opts.mode, key.strip_prefix(prefix)) {
+        // The kernel (≥ 6.7) shows `PREFIXoverlay.X` in the merged view as `PREFIX X`.
+        (Mode::Overlay, Some(rest)) if escape_supported => {
+            Escape(format!("{prefix}overlay.{rest}"))
+        }
+        _ => XattrPolicy::Drop,
+    }
+}
+
+use XattrPolicy::Escape;
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn copy(
+    from: &mut dyn Read,
+    to: &mut std::fs::File,
+    buffer: &mut [u8],
+) -> std::result::Result<u64, CopyError> {
+    let mut total = 0;
+    loop {
+        let n = match from.read(buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buffer[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
+
+impl OverlayXattr {
+    pub(crate) fn prefix(self) -> &'static str {
+        match self {
+            Self::Trusted => "trusted.overlay.",
+            Self::User => "user.overlay.",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_xattrs_from_a_layer_are_escaped_or_dropped() {
+        let overlay = Options::default();
+        let apply = Options {
+            mode: Mode::Apply,
+            ..Options::default()
+        };
+        let user = Options {
+            overlay_xattr: OverlayXattr::User,
+            ..Options::default()
+        };
+        assert_eq!(
+            overlay_xattr_policy("user.mime", &overlay, true),
+            XattrPolicy::Keep
+        );
+        assert_eq!(
+            overlay_xattr_policy("security.capability", &apply, true),
+            XattrPolicy::Keep
+        );
+        assert_eq!(
+            overlay_xattr_policy("trusted.overlay.opaque", &overlay, true),
+            XattrPolicy::Escape("trusted.overlay.overlay.opaque".into())
+        );
+        assert_eq!(
+            overlay_xattr_policy("trusted.overlay.redirect", &overlay, true),
+            XattrPolicy::Escape("trusted.overlay.overlay.redirect".into())
+        );
+        assert_eq!(
+            overlay_xattr_policy("trusted.overlay.opaque", &overlay, false),
+            XattrPolicy::Drop
+        );
+        assert_eq!(
+            overlay_xattr_policy("user.overlay.metacopy", &overlay, true),
+            XattrPolicy::Drop
+        );
+        assert_eq!(
+            overlay_xattr_policy("user.overlay.metacopy", &user, true),
+            XattrPolicy::Escape("user.overlay.overlay.metacopy".into())
+        );
+        assert_eq!(
+            overlay_xattr_policy("trusted.overlay.opaque", &apply, true),
+            XattrPolicy::Drop
+        );
+    }
+}

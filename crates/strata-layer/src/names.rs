@@ -1,0 +1,131 @@
+//! Entry names: lexical cleaning inside the root, and whiteout recognition.
+//! Pure functions, so each rule is a unit test.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The OCI whiteout prefix.
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
+/// The OCI opaque-directory marker.
+pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Cleans a tar name into a path relative to the layer root, the way
+/// `filepath.Clean("/" + name)` does for umoci and Docker: a leading `/` and
+/// `./` go, `..` at the root stays at the root. An empty result is the root.
+pub(crate) fn clean(name: &[u8]) -> Result<PathBuf> {
+    if name.contains(&0) {
+        return Err(Error::entry(
+            String::from_utf8_lossy(name),
+            "the name contains a NUL byte",
+        ));
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in name.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut out = PathBuf::new();
+    for p in parts {
+        out.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(p));
+    }
+    Ok(out)
+}
+
+/// What an entry's name says it is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Name {
+    /// An ordinary path.
+    Plain,
+    /// `dir/.wh.NAME`: delete `dir/NAME` from the layers below.
+    Whiteout(PathBuf),
+    /// `dir/.wh..wh..opq`: hide everything below in `dir`.
+    Opaque(PathBuf),
+    /// `.wh..wh.*` other than the opaque marker: aufs metadata, ignored.
+    AufsMeta,
+}
+
+/// Classifies a cleaned path by its last component, whatever the tar type.
+pub(crate) fn classify(path: &Path, entry: &str) -> Result<Name> {
+    let Some(base) = path.file_name().and_then(|b| b.to_str()) else {
+        return Ok(Name::Plain);
+    };
+    let Some(rest) = base.strip_prefix(WHITEOUT_PREFIX) else {
+        return Ok(Name::Plain);
+    };
+    let parent = path.parent().unwrap_or(Path::new("")).to_owned();
+    if base == OPAQUE_MARKER {
+        return Ok(Name::Opaque(parent));
+    }
+    if rest.starts_with(WHITEOUT_PREFIX) {
+        return Ok(Name::AufsMeta);
+    }
+    if rest.is_empty() || rest == "." || rest == ".." || rest.contains('/') {
+        return Err(Error::entry(
+            entry,
+            format!("{base:?} is not a valid whiteout: it names no file"),
+        ));
+    }
+    Ok(Name::Whiteout(parent.join(rest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> String {
+        clean(s.as_bytes()).unwrap().to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn names_stay_inside_the_root() {
+        let cases = [
+            ("a/b", "a/b"),
+            ("./a/b/", "a/b"),
+            ("/abs/x", "abs/x"),
+            ("../x", "x"),
+            ("a/../../../../etc/passwd", "etc/passwd"),
+            ("a/./b//c", "a/b/c"),
+            ("./", ""),
+            (".", ""),
+            ("/", ""),
+            ("..", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(c(input), want, "{input}");
+        }
+        assert!(clean(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn whiteout_forms() {
+        let k = |s: &str| classify(&clean(s.as_bytes()).unwrap(), s);
+        assert_eq!(k("a/b").unwrap(), Name::Plain);
+        assert_eq!(k("a/.wh.b").unwrap(), Name::Whiteout("a/b".into()));
+        assert_eq!(k(".wh.top").unwrap(), Name::Whiteout("top".into()));
+        assert_eq!(k("a/.wh..wh..opq").unwrap(), Name::Opaque("a".into()));
+        assert_eq!(k(".wh..wh..opq").unwrap(), Name::Opaque("".into()));
+        assert_eq!(k("a/.wh..wh..plnk").unwrap(), Name::AufsMeta);
+        assert_eq!(k(".wh..wh.aufs").unwrap(), Name::AufsMeta);
+        assert_eq!(
+            k("a/.wh.b.wh.c").unwrap(),
+            Name::Whiteout("a/b.wh.c".into())
+        );
+        assert_eq!(k("a/x.wh.b").unwrap(), Name::Plain);
+    }
+
+    #[test]
+    fn whiteouts_that_name_nothing_are_refused() {
+        for bad in ["a/.wh.", ".wh.", "a/.wh..", "a/.wh..."] {
+            let err = classify(&clean(bad.as_bytes()).unwrap(), bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a valid whiteout"), "{bad}: {err}");
+        }
+    }
+}

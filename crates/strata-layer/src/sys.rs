@@ -1,0 +1,169 @@
+//! The filesystem calls extraction makes, as thin safe wrappers over rustix.
+//!
+//! Every path that comes from a layer is resolved with `openat2` and
+//! `RESOLVE_IN_ROOT`, so `..` and symlinks (absolute or relative, in this
+//! layer or below) are resolved as if the target were `/`: nothing outside it
+//! can be reached. The last component is always handled with `*at` calls on
+//! the parent's descriptor and never followed.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps,
+};
+
+const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens the target directory itself.
+pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rfs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn openat2_retrying(root: impl AsFd, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let rel: &Path = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let mut tries = 0;
+    loop {
+        match rfs::openat2(
+            root.as_fd(),
+            rel,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        ) {
+            // The kernel asks for a retry when a rename raced the lookup.
+            Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Resolves `rel` inside `root` (symlinks followed, clamped to the root) to a
+/// directory handle usable with `*at` calls.
+pub(crate) fn resolve_dir(root: impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
+    openat2_retrying(root, rel, OFlags::PATH | OFlags::DIRECTORY)
+}
+
+/// Resolves `rel` inside `root` and opens it for reading (file or directory).
+pub(crate) fn resolve_read(root: impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
+    openat2_retrying(root, rel, OFlags::RDONLY)
+}
+
+/// `lstat` of one name in a directory; `None` when absent.
+pub(crate) fn lstat_at(dir: impl AsFd, name: &OsStr) -> io::Result<Option<Stat>> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The file type of a stat result.
+pub(crate) fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+/// Opens a directory entry of `dir` for reading without following a symlink.
+pub(crate) fn open_nofollow(dir: impl AsFd, name: &OsStr, directory: bool) -> io::Result<OwnedFd> {
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if directory {
+        flags |= OFlags::DIRECTORY;
+    }
+    Ok(rfs::openat(dir, name, flags, Mode::empty())?)
+}
+
+/// Lists a directory's entries (without `.` and `..`).
+pub(crate) fn list_dir(dir: impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut out = Vec::new();
+    for entry in rfs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `name` from `dir`, recursively for directories, never following
+/// a symlink.
+pub(crate) fn remove_all_at(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
+    let Some(st) = lstat_at(dir.as_fd(), name)? else {
+        return Ok(());
+    };
+    if file_type(&st) == FileType::Directory {
+        let child = open_nofollow(dir.as_fd(), name, true)?;
+        for entry in list_dir(&child)? {
+            remove_all_at(&child, &entry)?;
+        }
+        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    } else {
+        rfs::unlinkat(dir, name, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Timestamps with atime = mtime.
+pub(crate) fn times(secs: i64, nanos: u32) -> Timestamps {
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: i64::from(nanos),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// All extended attributes of an open file.
+pub(crate) fn xattrs(fd: impl AsFd) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let fd = fd.as_fd();
+    let size = match rfs::flistxattr_query(fd) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; size];
+    let n = rfs::flistxattr(fd, &mut names[..])?;
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let len = rfs::fgetxattr_query(fd, name.as_str())?;
+        let mut value = vec![0u8; len];
+        let got = rfs::fgetxattr(fd, name.as_str(), &mut value[..])?;
+        value.truncate(got);
+        out.push((name, value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether the running kernel is at least `major.minor`.
+pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
+/// Whether the process runs as root (may chown, mknod devices, set trusted xattrs).
+#[must_use]
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -1,0 +1,1118 @@
+//! The whiteout, metadata and path-safety rules, one test per rule, on layer
+//! tars built here with the `tar` crate. They create devices and `trusted.*`
+//! xattrs, so they need root (as `just test` runs in CI).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Mode, Options, Summary, extract, fix_up};
+
+fn require_root() {
+    assert!(
+        crate::running_as_root(),
+        "these tests create device nodes and trusted.* xattrs: run them as root (CI does; locally `sudo -E just test`)"
+    );
+}
+
+/// One tar entry to build.
+enum E<'a> {
+    File(&'a str, &'a [u8]),
+    FileMode(&'a str, &'a [u8], u32, u64),
+    Dir(&'a str),
+    DirMode(&'a str, u32, u64),
+    Sym(&'a str, &'a str),
+    Link(&'a str, &'a str),
+    /// A whiteout written as a directory entry (some tools do).
+    DirNamed(&'a str),
+    Char(&'a str, u32, u32),
+    Xattr(&'a str, &'a [u8], &'a str, &'a [u8]),
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_000_000);
+    h
+}
+
+/// Appends with the name (and link target) written raw into the header, so
+/// names the `tar` crate's builder refuses (`..`) can be made, as an attacker would.
+fn append(
+    b: &mut tar::Builder<Vec<u8>>,
+    h: &mut tar::Header,
+    name: &str,
+    link: Option<&str>,
+    data: &[u8],
+) {
+    let old = h.as_old_mut();
+    old.name = [0; 100];
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    if let Some(link) = link {
+        old.linkname = [0; 100];
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    }
+    h.set_cksum();
+    b.append(h, data).unwrap();
+}
+
+fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        match e {
+            E::File(name, data) => append(
+                &mut b,
+                &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+                name,
+                None,
+                data,
+            ),
+            E::FileMode(name, data, mode, mtime) => {
+                let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64);
+                h.set_mtime(*mtime);
+                h.set_uid(1000);
+                h.set_gid(1000);
+                append(&mut b, &mut h, name, None, data);
+            }
+            E::Dir(name) | E::DirNamed(name) => append(
+                &mut b,
+                &mut header(tar::EntryType::Directory, 0o755, 0),
+                name,
+                None,
+                &[],
+            ),
+            E::DirMode(name, mode, mtime) => {
+                let mut h = header(tar::EntryType::Directory, *mode, 0);
+                h.set_mtime(*mtime);
+                append(&mut b, &mut h, name, None, &[]);
+            }
+            E::Sym(name, target) => append(
+                &mut b,
+                &mut header(tar::EntryType::Symlink, 0o777, 0),
+                name,
+                Some(target),
+                &[],
+            ),
+            E::Link(name, target) => append(
+                &mut b,
+                &mut header(tar::EntryType::Link, 0o644, 0),
+                name,
+                Some(target),
+                &[],
+            ),
+            E::Char(name, major, minor) => {
+                let mut h = header(tar::EntryType::Char, 0o666, 0);
+                h.set_device_major(*major).unwrap();
+                h.set_device_minor(*minor).unwrap();
+                append(&mut b, &mut h, name, None, &[]);
+            }
+            E::Xattr(name, data, key, value) => {
+                let key = format!("SCHILY.xattr.{key}");
+                b.append_pax_extensions([(key.as_str(), *value)]).unwrap();
+                append(
+                    &mut b,
+                    &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+                    name,
+                    None,
+                    data,
+                );
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn opts(mode: Mode) -> Options {
+    Options {
+        mode,
+        ..Options::default()
+    }
+}
+
+fn layer(entries: &[E<'_>], target: &Path, mode: Mode) -> crate::Result<Summary> {
+    extract(&tar_of(entries)[..], None, None, target, &opts(mode))
+}
+
+/// A listing of a tree: path → "kind mode [owner] [details] [xattrs]".
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for path in names {
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let mode = md.permissions().mode() & 0o7777;
+            let ft = md.file_type();
+            let mut desc = if ft.is_dir() {
+                format!("dir {mode:o}")
+            } else if ft.is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if ft.is_file() {
+                format!(
+                    "file {mode:o} {:?}",
+                    String::from_utf8_lossy(&std::fs::read(&path).unwrap())
+                )
+            } else if std::os::unix::fs::FileTypeExt::is_char_device(&ft) {
+                format!(
+                    "char {}:{}",
+                    rustix::fs::major(md.rdev()),
+                    rustix::fs::minor(md.rdev())
+                )
+            } else {
+                "other".into()
+            };
+            if !ft.is_symlink() {
+                if let Ok(fd) = rustix::fs::open(
+                    &path,
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    for (k, v) in crate::sys::xattrs(&fd).unwrap() {
+                        if !k.starts_with("security.selinux") {
+                            desc.push_str(&format!(" [{k}={}]", String::from_utf8_lossy(&v)));
+                        }
+                    }
+                }
+            }
+            out.insert(rel, desc);
+            if ft.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn t(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+const OPQ: &str = " [trusted.overlay.opaque=y]";
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+// ---------- overlay mode: each whiteout form ----------
+
+#[test]
+fn overlay_whiteout_forms() {
+    require_root();
+    let d = dir();
+    let s = layer(
+        &[
+            E::Dir("a/"),
+            E::File("a/.wh.gone", b""),
+            E::File(".wh.top", b""),
+            E::File("a/.wh..wh..opq", b""),
+            E::File("a/.wh..wh..plnk", b""),
+            E::File("a/kept", b"k"),
+        ],
+        d.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[
+            ("a", &format!("dir 755{OPQ}")),
+            ("a/gone", "char 0:0"),
+            ("a/kept", "file 644 \"k\""),
+            ("top", "char 0:0"),
+        ])
+    );
+    assert_eq!(
+        (s.whiteouts, s.opaque_dirs, s.skipped, s.entries),
+        (2, 1, 1, 6)
+    );
+}
+
+#[test]
+fn whiteout_and_file_of_the_same_name_in_one_layer_both_orders() {
+    require_root();
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let d = dir();
+        layer(
+            &[E::File("x", b"file first"), E::File(".wh.x", b"")],
+            d.path(),
+            mode,
+        )
+        .unwrap();
+        assert_eq!(
+            tree(d.path()),
+            t(&[("x", "file 644 \"file first\"")]),
+            "{mode:?} file then whiteout"
+        );
+        let d = dir();
+        layer(
+            &[E::File(".wh.x", b""), E::File("x", b"whiteout first")],
+            d.path(),
+            mode,
+        )
+        .unwrap();
+        assert_eq!(
+            tree(d.path()),
+            t(&[("x", "file 644 \"whiteout first\"")]),
+            "{mode:?} whiteout then file"
+        );
+    }
+}
+
+#[test]
+fn delete_then_recreate_makes_an_opaque_directory() {
+    require_root();
+    let d = dir();
+    layer(
+        &[
+            E::File(".wh.a", b""),
+            E::Dir("a/"),
+            E::File("a/child", b"new"),
+        ],
+        d.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[
+            ("a", &format!("dir 755{OPQ}")),
+            ("a/child", "file 644 \"new\"")
+        ])
+    );
+    // Without a dir entry: the implied directory replaces the whiteout, opaque too.
+    let d = dir();
+    layer(
+        &[E::File(".wh.a", b""), E::File("a/child", b"new")],
+        d.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[
+            ("a", &format!("dir 755{OPQ}")),
+            ("a/child", "file 644 \"new\"")
+        ])
+    );
+    // A dir of this layer whited out afterwards: it stays, lower content hidden.
+    let d = dir();
+    layer(
+        &[
+            E::Dir("a/"),
+            E::File("a/child", b"mine"),
+            E::File(".wh.a", b""),
+        ],
+        d.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[
+            ("a", &format!("dir 755{OPQ}")),
+            ("a/child", "file 644 \"mine\"")
+        ])
+    );
+
+    // Apply mode: the lower a goes, the new content stays.
+    let d = dir();
+    layer(
+        &[E::Dir("a/"), E::File("a/old", b"lower")],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    layer(
+        &[
+            E::File(".wh.a", b""),
+            E::Dir("a/"),
+            E::File("a/child", b"new"),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[("a", "dir 755"), ("a/child", "file 644 \"new\"")])
+    );
+}
+
+#[test]
+fn opaque_marker_before_and_after_the_directorys_own_files() {
+    require_root();
+    for marker_first in [true, false] {
+        let d = dir();
+        layer(
+            &[
+                E::Dir("a/"),
+                E::File("a/lower", b"l"),
+                E::Dir("a/sub/"),
+                E::File("a/sub/deep", b"d"),
+            ],
+            d.path(),
+            Mode::Apply,
+        )
+        .unwrap();
+        let mut entries = vec![E::Dir("a/"), E::File("a/mine", b"m")];
+        if marker_first {
+            entries.insert(1, E::File("a/.wh..wh..opq", b""));
+        } else {
+            entries.push(E::File("a/.wh..wh..opq", b""));
+        }
+        layer(&entries, d.path(), Mode::Apply).unwrap();
+        assert_eq!(
+            tree(d.path()),
+            t(&[("a", "dir 755"), ("a/mine", "file 644 \"m\"")]),
+            "marker first: {marker_first}"
+        );
+    }
+}
+
+#[test]
+fn whiteout_of_a_directory_and_of_a_path_that_is_not_below() {
+    require_root();
+    let d = dir();
+    layer(
+        &[
+            E::Dir("a/"),
+            E::Dir("a/b/"),
+            E::File("a/b/c", b"c"),
+            E::File("keep", b"k"),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    let s = layer(
+        &[
+            E::File(".wh.a", b""),
+            E::File("x/.wh.nothing", b""),
+            E::File(".wh.never", b""),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    assert_eq!(s.whiteouts, 3);
+    assert_eq!(tree(d.path()), t(&[("keep", "file 644 \"k\"")]));
+}
+
+#[test]
+fn nested_opaque_directories() {
+    require_root();
+    let d = dir();
+    layer(
+        &[
+            E::File("a/x", b"1"),
+            E::File("a/b/y", b"2"),
+            E::File("a/b/c/z", b"3"),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    layer(
+        &[
+            E::File("a/b/.wh..wh..opq", b""),
+            E::File("a/b/new", b"n"),
+            E::File("a/b/c/.wh..wh..opq", b""),
+            E::File("a/b/c/n2", b"n2"),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[
+            ("a", "dir 755"),
+            ("a/b", "dir 755"),
+            ("a/b/c", "dir 755"),
+            ("a/b/c/n2", "file 644 \"n2\""),
+            ("a/b/new", "file 644 \"n\""),
+            ("a/x", "file 644 \"1\""),
+        ])
+    );
+    let o = dir();
+    layer(
+        &[
+            E::File("a/b/.wh..wh..opq", b""),
+            E::File("a/b/c/.wh..wh..opq", b""),
+        ],
+        o.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(o.path()),
+        t(&[
+            ("a", "dir 755"),
+            ("a/b", &format!("dir 755{OPQ}")),
+            ("a/b/c", &format!("dir 755{OPQ}"))
+        ])
+    );
+}
+
+#[test]
+fn whiteouts_are_recognised_by_name_whatever_their_tar_type() {
+    require_root();
+    let d = dir();
+    layer(
+        &[E::File("f", b"f"), E::File("g", b"g"), E::File("h", b"h")],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    layer(
+        &[
+            E::File("target", b"t"),
+            E::Link(".wh.f", "target"),
+            E::DirNamed(".wh.g/"),
+            E::Sym(".wh.h", "target"),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    assert_eq!(tree(d.path()), t(&[("target", "file 644 \"t\"")]));
+}
+
+#[test]
+fn whiteouts_that_name_nothing_are_refused() {
+    require_root();
+    for bad in [".wh.", "a/.wh..", "a/.wh..."] {
+        let d = dir();
+        let err = layer(&[E::File(bad, b"")], d.path(), Mode::Overlay).unwrap_err();
+        assert!(matches!(err, Error::BadEntry { .. }), "{bad}: {err}");
+        assert!(err.to_string().contains("not a valid whiteout"), "{err}");
+    }
+}
+
+#[test]
+fn root_entry_is_accepted_and_a_symlink_named_dot_is_refused() {
+    require_root();
+    let d = dir();
+    layer(
+        &[E::DirMode("./", 0o711, 5), E::File("./x", b"x")],
+        d.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o7777,
+        0o711
+    );
+    for name in [".", "./", "a/.."] {
+        let d = dir();
+        let err = layer(&[E::Sym(name, "/etc")], d.path(), Mode::Apply).unwrap_err();
+        assert!(
+            err.to_string().contains("replace the layer's root"),
+            "{name}: {err}"
+        );
+        assert!(std::fs::symlink_metadata(d.path()).unwrap().is_dir());
+    }
+}
+
+#[test]
+fn hardlink_to_a_file_that_a_later_entry_replaces_keeps_the_old_content() {
+    require_root();
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let d = dir();
+        layer(
+            &[
+                E::File("orig", b"old"),
+                E::Link("link", "orig"),
+                E::File("orig", b"new"),
+            ],
+            d.path(),
+            mode,
+        )
+        .unwrap();
+        assert_eq!(
+            tree(d.path()),
+            t(&[("link", "file 644 \"old\""), ("orig", "file 644 \"new\"")]),
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn hardlink_to_a_lower_layers_file() {
+    require_root();
+    // Apply: a real link into the merged tree.
+    let d = dir();
+    layer(
+        &[E::FileMode("bin/tool", b"ELF", 0o4755, 7)],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    layer(&[E::Link("bin/alias", "bin/tool")], d.path(), Mode::Apply).unwrap();
+    let (a, b) = (
+        std::fs::metadata(d.path().join("bin/alias")).unwrap(),
+        std::fs::metadata(d.path().join("bin/tool")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino());
+
+    // Overlay: the layer directory gets a copy, with the target's metadata, after fix-up.
+    let lower = dir();
+    layer(
+        &[E::FileMode("bin/tool", b"ELF", 0o4755, 7)],
+        lower.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    let upper = dir();
+    let s = layer(
+        &[
+            E::Link("bin/alias", "bin/tool"),
+            E::Link("bin/alias2", "bin/tool"),
+        ],
+        upper.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(s.fixups.lower_links.len(), 2);
+    fix_up(upper.path(), &s.fixups, &[lower.path()]).unwrap();
+    let copy = std::fs::metadata(upper.path().join("bin/alias")).unwrap();
+    assert_eq!(
+        std::fs::read(upper.path().join("bin/alias")).unwrap(),
+        b"ELF"
+    );
+    assert_eq!(
+        (copy.mode() & 0o7777, copy.uid(), copy.mtime()),
+        (0o4755, 1000, 7)
+    );
+    let copy2 = std::fs::metadata(upper.path().join("bin/alias2")).unwrap();
+    assert_eq!(
+        copy.ino(),
+        copy2.ino(),
+        "two links to one lower file stay one file"
+    );
+    // A link to nothing anywhere is an error naming it.
+    let lonely = dir();
+    let s = layer(&[E::Link("x", "missing")], lonely.path(), Mode::Overlay).unwrap();
+    let err = fix_up(lonely.path(), &s.fixups, &[lower.path()]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("missing is in neither this layer nor any below"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_entry_after_its_children_keeps_its_mode_and_mtime() {
+    require_root();
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let d = dir();
+        layer(
+            &[E::File("d/f", b"x"), E::DirMode("d/", 0o555, 12345)],
+            d.path(),
+            mode,
+        )
+        .unwrap();
+        let md = std::fs::metadata(d.path().join("d")).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.mtime()), (0o555, 12345), "{mode:?}");
+        assert_eq!(std::fs::read(d.path().join("d/f")).unwrap(), b"x");
+    }
+}
+
+#[test]
+fn an_implied_tmp_keeps_the_sticky_mode_from_below() {
+    require_root();
+    let lower = dir();
+    layer(
+        &[E::DirMode("tmp/", 0o1777, 1)],
+        lower.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    let upper = dir();
+    let s = layer(
+        &[E::File("tmp/x", b"x"), E::File("fresh/y", b"y")],
+        upper.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        s.fixups.implied_dirs,
+        vec![PathBuf::from("fresh"), PathBuf::from("tmp")]
+    );
+    fix_up(upper.path(), &s.fixups, &[lower.path()]).unwrap();
+    let mode = |p: &str| std::fs::metadata(upper.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("tmp"), 0o1777, "the merged /tmp must stay 1777");
+    assert_eq!(mode("fresh"), 0o755, "with nothing below, 0755");
+    // In apply mode the lower /tmp is simply kept.
+    let flat = dir();
+    layer(&[E::DirMode("tmp/", 0o1777, 1)], flat.path(), Mode::Apply).unwrap();
+    layer(&[E::File("tmp/x", b"x")], flat.path(), Mode::Apply).unwrap();
+    assert_eq!(
+        std::fs::metadata(flat.path().join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+}
+
+#[test]
+fn setuid_survives_chown_and_capabilities_survive_too() {
+    require_root();
+    let d = dir();
+    let cap = [
+        1u8, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    layer(
+        &[
+            E::FileMode("su", b"x", 0o4755, 1),
+            E::Xattr("ping", b"p", "security.capability", &cap),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    let md = std::fs::metadata(d.path().join("su")).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o4755, 1000, 1000)
+    );
+    assert!(
+        tree(d.path())["ping"].contains("security.capability"),
+        "{:?}",
+        tree(d.path())
+    );
+}
+
+#[test]
+fn overlay_xattrs_injected_through_pax_are_escaped_or_dropped() {
+    require_root();
+    let d = dir();
+    let s = layer(
+        &[
+            E::Xattr("f", b"f", "trusted.overlay.opaque", b"y"),
+            E::Xattr("g", b"g", "user.overlay.redirect", b"/x"),
+        ],
+        d.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    let listing = tree(d.path());
+    assert!(
+        !listing["f"].contains("[trusted.overlay.opaque"),
+        "{listing:?}"
+    );
+    if crate::sys::kernel_at_least(6, 7) {
+        assert!(
+            listing["f"].contains("[trusted.overlay.overlay.opaque=y]"),
+            "{listing:?}"
+        );
+    }
+    assert!(!listing["g"].contains("overlay"), "{listing:?}");
+    assert!(s.skipped >= 1);
+    let a = dir();
+    layer(
+        &[E::Xattr("f", b"f", "trusted.overlay.opaque", b"y")],
+        a.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    assert!(!tree(a.path())["f"].contains("overlay"));
+}
+
+#[test]
+fn pax_size_wins_over_a_disagreeing_ustar_size() {
+    require_root();
+    // A PAX header saying 5 bytes before a ustar header saying 3.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("size", &b"5"[..])]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o644, 3);
+    h.set_path("f").unwrap();
+    h.set_cksum();
+    b.append(&h, &b"hello"[..]).unwrap();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o644, 1),
+        "after",
+        &b"z"[..],
+    )
+    .unwrap();
+    let bytes = b.into_inner().unwrap();
+    let d = dir();
+    extract(&bytes[..], None, None, d.path(), &Options::default()).unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[("after", "file 644 \"z\""), ("f", "file 644 \"hello\"")])
+    );
+}
+
+// ---------- crane's flatten regressions ----------
+
+#[test]
+fn crane_one_layer_image_holding_an_opaque_marker() {
+    require_root();
+    let d = dir();
+    layer(
+        &[
+            E::Dir("a/"),
+            E::File("a/.wh..wh..opq", b""),
+            E::File("a/x", b"x"),
+        ],
+        d.path(),
+        Mode::Apply,
+    )
+    .unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[("a", "dir 755"), ("a/x", "file 644 \"x\"")])
+    );
+}
+
+#[test]
+fn crane_foo_then_whiteout_then_baz_leaves_only_baz() {
+    require_root();
+    let d = dir();
+    layer(&[E::File("a/foo", b"foo")], d.path(), Mode::Apply).unwrap();
+    layer(&[E::File(".wh.a", b"")], d.path(), Mode::Apply).unwrap();
+    layer(&[E::File("a/baz", b"baz")], d.path(), Mode::Apply).unwrap();
+    assert_eq!(
+        tree(d.path()),
+        t(&[("a", "dir 755"), ("a/baz", "file 644 \"baz\"")])
+    );
+}
+
+#[test]
+fn crane_opaque_dir_hides_a_lower_nested_file() {
+    require_root();
+    let d = dir();
+    layer(&[E::File("a/b/foo", b"foo")], d.path(), Mode::Apply).unwrap();
+    layer(&[E::File("a/.wh..wh..opq", b"")], d.path(), Mode::Apply).unwrap();
+    assert_eq!(tree(d.path()), t(&[("a", "dir 755")]));
+}
+
+// ---------- hostile layers: nothing outside the target changes ----------
+
+/// A target directory with a canary directory beside it.
+struct Arena {
+    _dir: tempfile::TempDir,
+    target: PathBuf,
+    canary: PathBuf,
+}
+
+fn arena() -> Arena {
+    let dir = dir();
+    let target = dir.path().join("target");
+    let canary = dir.path().join("canary");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::create_dir_all(canary.join("sub")).unwrap();
+    std::fs::write(canary.join("file"), b"canary").unwrap();
+    std::fs::write(canary.join("sub/deep"), b"deep").unwrap();
+    std::fs::set_permissions(&canary, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Arena {
+        _dir: dir,
+        target,
+        canary,
+    }
+}
+
+impl Arena {
+    fn check(&self, layers: &[&[E<'_>]], mode: Mode) {
+        let before = tree(&self.canary);
+        let before_mode = std::fs::metadata(&self.canary).unwrap().mode();
+        for l in layers {
+            let _ = layer(l, &self.target, mode);
+        }
+        assert_eq!(
+            tree(&self.canary),
+            before,
+            "the canary beside the target changed ({mode:?})"
+        );
+        assert_eq!(
+            std::fs::metadata(&self.canary).unwrap().mode(),
+            before_mode,
+            "the canary's mode changed"
+        );
+        let outside: Vec<_> = std::fs::read_dir(self.target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            outside.len(),
+            2,
+            "something appeared beside the target: {outside:?}"
+        );
+    }
+}
+
+#[test]
+fn hostile_names_land_inside() {
+    require_root();
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let a = arena();
+        a.check(
+            &[&[
+                E::File("../canary/file", b"pwned"),
+                E::File("/abs", b"a"),
+                E::File("../../x", b"x"),
+            ]],
+            mode,
+        );
+        assert_eq!(
+            std::fs::read(a.target.join("canary/file")).unwrap(),
+            b"pwned",
+            "cleaned into the target"
+        );
+        assert!(a.target.join("abs").exists() && a.target.join("x").exists());
+    }
+}
+
+#[test]
+fn hostile_symlinks_are_never_followed_out() {
+    require_root();
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let a = arena();
+        let canary = a.canary.to_str().unwrap().to_owned();
+        // Same layer: symlink, then write through it.
+        a.check(
+            &[&[
+                E::Sym("evil", &canary),
+                E::File("evil/file", b"pwned"),
+                E::File("evil/new", b"pwned"),
+            ]],
+            mode,
+        );
+        let a = arena();
+        a.check(
+            &[&[
+                E::Sym("rel", "../canary"),
+                E::File("rel/file", b"pwned"),
+                E::Dir("rel/sub/"),
+                E::File("rel/sub/deep", b"x"),
+            ]],
+            mode,
+        );
+        // `foo -> outside`, then a directory entry `foo`: the chmod must not go outside (CVE-2026-33056).
+        let a = arena();
+        a.check(
+            &[&[E::Sym("foo", &canary), E::DirMode("foo/", 0o777, 1)]],
+            mode,
+        );
+        // GHSL-2020-261: chained relative symlinks.
+        let a = arena();
+        a.check(
+            &[&[
+                E::Sym("a", "."),
+                E::Sym("b", "a/../a/.."),
+                E::Sym("c", "b/../../.."),
+                E::Sym("d", "c/canary"),
+                E::File("d/file", b"pwned"),
+                E::File("c/canary/new", b"pwned"),
+            ]],
+            mode,
+        );
+        // Hard links to outside paths.
+        let a = arena();
+        a.check(
+            &[&[
+                E::Link("pw", "/etc/passwd"),
+                E::Link("up", "../canary/file"),
+            ]],
+            mode,
+        );
+        assert!(std::fs::metadata(a.target.join("pw")).is_err() || mode == Mode::Overlay);
+    }
+    // Across layers in apply mode: the link comes from the lower layer.
+    let a = arena();
+    let canary = a.canary.to_str().unwrap().to_owned();
+    a.check(
+        &[
+            &[E::Sym("evil", &canary)],
+            &[
+                E::File("evil/file", b"pwned"),
+                E::File("evil/.wh.file", b""),
+                E::File("evil/.wh..wh..opq", b""),
+            ],
+        ],
+        Mode::Apply,
+    );
+    let a = arena();
+    a.check(
+        &[
+            &[E::Sym("up", "..")],
+            &[
+                E::File("up/canary/.wh.file", b""),
+                E::File("up/canary/.wh..wh..opq", b""),
+                E::File("up/.wh.canary", b""),
+            ],
+        ],
+        Mode::Apply,
+    );
+}
+
+#[test]
+fn hostile_whiteouts_stay_inside() {
+    require_root();
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let a = arena();
+        a.check(
+            &[&[
+                E::File("../.wh.canary", b""),
+                E::File("../canary/.wh.file", b""),
+                E::File("/../canary/.wh..wh..opq", b""),
+            ]],
+            mode,
+        );
+    }
+}
+
+#[test]
+fn device_nodes_are_made_inside_as_root() {
+    require_root();
+    let a = arena();
+    a.check(
+        &[&[
+            E::Char("dev/null", 1, 3),
+            E::Char("dev/../../canary/evil", 1, 3),
+        ]],
+        Mode::Apply,
+    );
+    assert_eq!(tree(&a.target)["dev/null"], "char 1:3");
+    assert_eq!(tree(&a.target)["canary/evil"], "char 1:3");
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_the_limit() {
+    require_root();
+    let tar = tar_of(&[E::File("zeros", &vec![0u8; 4 << 20])]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar).unwrap();
+    let bomb = gz.finish().unwrap();
+    let d = dir();
+    let options = Options {
+        max_bytes: 1 << 20,
+        ..Options::default()
+    };
+    let err = extract(&bomb[..], None, None, d.path(), &options).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                what: "decompressed bytes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let options = Options {
+        max_entries: 2,
+        ..Options::default()
+    };
+    let err = extract(
+        &tar_of(&[E::File("a", b""), E::File("b", b""), E::File("c", b"")])[..],
+        None,
+        None,
+        d.path(),
+        &options,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                what: "entries",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn nul_padding_after_the_gzip_stream_is_accepted_and_the_diff_id_checked() {
+    require_root();
+    let tar = tar_of(&[E::File("a", b"hello")]);
+    let diff_id = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tar))
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let mut padded = gz.finish().unwrap();
+    padded.extend([0u8; 512]);
+    let d = dir();
+    let s = extract(
+        &padded[..],
+        Some(crate::Compression::Gzip),
+        Some(&diff_id),
+        d.path(),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(s.diff_id, diff_id);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let d = dir();
+    let err = extract(
+        &padded[..],
+        None,
+        Some(&wrong),
+        d.path(),
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("expected {wrong}, got {diff_id}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_layer_directory_applies_like_its_tar() {
+    require_root();
+    // Layer 2 in overlay form, then applied from the directory onto layer 1.
+    let l1 = [
+        E::File("a/old", b"o"),
+        E::File("b", b"b"),
+        E::File("c/x", b"x"),
+    ];
+    let l2 = [
+        E::File(".wh.b", b""),
+        E::File("c/.wh..wh..opq", b""),
+        E::File("c/y", b"y"),
+        E::File("n", b"n"),
+        E::Link("n2", "n"),
+    ];
+    let via_tar = dir();
+    layer(&l1, via_tar.path(), Mode::Apply).unwrap();
+    layer(&l2, via_tar.path(), Mode::Apply).unwrap();
+
+    let overlay_dir = dir();
+    layer(&l2, overlay_dir.path(), Mode::Overlay).unwrap();
+    let via_dir = dir();
+    layer(&l1, via_dir.path(), Mode::Apply).unwrap();
+    crate::apply_source(
+        &mut crate::DirSource::new(overlay_dir.path()),
+        via_dir.path(),
+        &opts(Mode::Apply),
+    )
+    .unwrap();
+    assert_eq!(tree(via_dir.path()), tree(via_tar.path()));
+    let (n, n2) = (
+        std::fs::metadata(via_dir.path().join("n")).unwrap(),
+        std::fs::metadata(via_dir.path().join("n2")).unwrap(),
+    );
+    assert_eq!(n.ino(), n2.ino());
+}
