@@ -9,6 +9,7 @@ pub mod http;
 pub mod registry;
 pub mod tls;
 pub mod token;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -188,4 +189,39 @@ fn add_multi_platform_index(layout: &Path) {
             "annotations": {"org.opencontainers.image.ref.name": "multi"},
         }));
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Where slow-to-build test inputs (a Debian rootfs) are kept between runs,
+/// outside the repository: `$STRATA_TEST_CACHE` or `/var/cache/strata-test`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("STRATA_TEST_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/strata-test"), PathBuf::from)
+}
+
+/// A Debian bookworm minbase image (debootstrap, packed by umoci), two
+/// layers: the rootfs, then a layer that deletes and changes files.
+pub fn debian_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        require_tool("debootstrap", "debootstrap");
+        require_tool("umoci", "umoci");
+        let script = repo_root().join("testdata/build-debian-image.sh");
+        let key = &sha256(&std::fs::read(&script).unwrap())[7..19];
+        let out = cache_dir().join(format!("debian-{key}"));
+        if !out.join("done").exists() {
+            std::fs::create_dir_all(cache_dir()).unwrap();
+            let status = Command::new("bash")
+                .arg(&script)
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "{} failed (it needs Debian's mirror)",
+                script.display()
+            );
+            std::fs::write(out.join("done"), b"").unwrap();
+        }
+        out.join("layout")
+    })
 }

@@ -1,0 +1,123 @@
+//! A manifest of a directory tree, for comparing strata's output with a
+//! peer's: path → type, mode, owner, size, content hash, link target,
+//! device numbers and xattrs. Mtimes are left out (tools differ on them).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+fn xattrs(path: &Path) -> String {
+    let Ok(fd) = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return String::new();
+    };
+    let mut names = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::flistxattr(&fd, &mut names[..]) else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if name.starts_with("security.selinux") {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = rustix::fs::fgetxattr(&fd, name.as_str(), &mut value[..]).unwrap_or(0);
+        out.push(format!("{name}={}", hex::encode(&value[..len])));
+    }
+    out.sort();
+    out.join(",")
+}
+
+/// The manifest of the tree under `root` (the root itself excluded).
+pub fn manifest(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        let ft = md.file_type();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let what = if ft.is_dir() {
+            "dir".to_owned()
+        } else if ft.is_symlink() {
+            format!("symlink {}", std::fs::read_link(&path).unwrap().display())
+        } else if ft.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            format!(
+                "file {} {}",
+                bytes.len(),
+                hex::encode(&Sha256::digest(&bytes)[..8])
+            )
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() { "char" } else { "block" };
+            format!(
+                "{kind} {}:{}",
+                rustix::fs::major(md.rdev()),
+                rustix::fs::minor(md.rdev())
+            )
+        } else if ft.is_fifo() {
+            "fifo".to_owned()
+        } else {
+            "socket".to_owned()
+        };
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            md.mode() & 0o7777
+        };
+        let xattrs = if ft.is_symlink() {
+            String::new()
+        } else {
+            xattrs(&path)
+        };
+        out.insert(
+            rel,
+            format!("{what} {mode:o} {}:{} [{xattrs}]", md.uid(), md.gid()),
+        );
+        if ft.is_dir() {
+            walk(root, &path, out);
+        }
+    }
+}
+
+/// Asserts two manifests are equal, listing the differing paths.
+pub fn assert_same(ours: &BTreeMap<String, String>, theirs: &BTreeMap<String, String>, what: &str) {
+    let mut diffs = Vec::new();
+    for (path, value) in ours {
+        match theirs.get(path) {
+            Some(v) if v == value => {}
+            Some(v) => diffs.push(format!("  {path}: strata {value} | peer {v}")),
+            None => diffs.push(format!("  {path}: only in strata ({value})")),
+        }
+    }
+    for (path, value) in theirs {
+        if !ours.contains_key(path) {
+            diffs.push(format!("  {path}: only in peer ({value})"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
