@@ -146,13 +146,13 @@ pub fn extract<R: Read>(
     let stream = source.into_stream();
     summary.bytes = stream.decompressed_bytes();
     summary.diff_id = stream.finish()?;
-    if let Some(expected) = expected_diff_id {
-        if summary.diff_id != expected {
-            return Err(Error::DiffIdMismatch {
-                expected: expected.to_owned(),
-                actual: summary.diff_id,
-            });
-        }
+    if let Some(expected) = expected_diff_id
+        && summary.diff_id != expected
+    {
+        return Err(Error::DiffIdMismatch {
+            expected: expected.to_owned(),
+            actual: summary.diff_id,
+        });
     }
     Ok(summary)
 }

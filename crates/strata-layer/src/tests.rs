@@ -173,16 +173,16 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
             } else {
                 "other".into()
             };
-            if !ft.is_symlink() {
-                if let Ok(fd) = rustix::fs::open(
+            if !ft.is_symlink()
+                && let Ok(fd) = rustix::fs::open(
                     &path,
                     rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
                     rustix::fs::Mode::empty(),
-                ) {
-                    for (k, v) in crate::sys::xattrs(&fd).unwrap() {
-                        if !k.starts_with("security.selinux") {
-                            desc.push_str(&format!(" [{k}={}]", String::from_utf8_lossy(&v)));
-                        }
+                )
+            {
+                for (k, v) in crate::sys::xattrs(&fd).unwrap() {
+                    if !k.starts_with("security.selinux") {
+                        desc.push_str(&format!(" [{k}={}]", String::from_utf8_lossy(&v)));
                     }
                 }
             }

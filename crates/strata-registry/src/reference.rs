@@ -111,12 +111,12 @@ impl FromStr for Reference {
             Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
             None => (rest, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(invalid(&format!(
-                    "tag {tag:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
-                )));
-            }
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            return Err(invalid(&format!(
+                "tag {tag:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+            )));
         }
         let (registry, path) = match name.split_once('/') {
             Some((first, path))
@@ -350,8 +350,8 @@ impl FromStr for ImageRef {
             return Ok(Self::DockerArchive { path, image });
         }
         let rest = input.strip_prefix("docker://").unwrap_or(input);
-        if let Some((transport, _)) = rest.split_once(':') {
-            if [
+        if let Some((transport, _)) = rest.split_once(':')
+            && [
                 "dir",
                 "containers-storage",
                 "docker-daemon",
@@ -359,11 +359,10 @@ impl FromStr for ImageRef {
                 "sif",
             ]
             .contains(&transport)
-            {
-                return Err(invalid(&format!(
-                    "transport {transport:?} is not supported; use a registry reference, oci:DIR, oci-archive:FILE or docker-archive:FILE"
-                )));
-            }
+        {
+            return Err(invalid(&format!(
+                "transport {transport:?} is not supported; use a registry reference, oci:DIR, oci-archive:FILE or docker-archive:FILE"
+            )));
         }
         Ok(Self::Registry(rest.parse()?))
     }

@@ -135,10 +135,10 @@ fn transient(error: &reqwest::Error, refused_is_transient: bool) -> bool {
                         | io::ErrorKind::Interrupted
                 );
         }
-        if let Some(hyper) = e.downcast_ref::<reqwest::Error>() {
-            if hyper.is_body() || hyper.is_decode() {
-                return false;
-            }
+        if let Some(hyper) = e.downcast_ref::<reqwest::Error>()
+            && (hyper.is_body() || hyper.is_decode())
+        {
+            return false;
         }
         source = e.source();
     }
@@ -502,14 +502,14 @@ impl Remote {
 }
 
 fn read_limited(response: Response, limit: u64, what: &str, url: &str) -> Result<Vec<u8>> {
-    if let Some(len) = response.content_length() {
-        if len > limit {
-            return Err(Error::TooLarge {
-                what: what.to_owned(),
-                size: len,
-                limit,
-            });
-        }
+    if let Some(len) = response.content_length()
+        && len > limit
+    {
+        return Err(Error::TooLarge {
+            what: what.to_owned(),
+            size: len,
+            limit,
+        });
     }
     let mut bytes = Vec::new();
     response
@@ -572,25 +572,26 @@ impl Transport for Remote {
         check_digest(descriptor.digest())?;
         let digest = descriptor.digest().to_string();
         let media_type = descriptor.media_type().to_string();
-        if self.0.foreign_urls && is_foreign_layer(&media_type) {
-            if let Some(urls) = descriptor.urls().as_ref() {
-                for url in urls
-                    .iter()
-                    .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-                {
-                    match self.0.http.get(url).send() {
-                        Ok(r) if r.status().is_success() => {
-                            let body =
-                                ResumingBody::new(self.clone(), url.clone(), r, descriptor.size());
-                            return Ok(Box::new(body));
-                        }
-                        Ok(r) => warn!(
-                            url,
-                            status = r.status().as_u16(),
-                            "foreign layer URL failed"
-                        ),
-                        Err(e) => warn!(url, error = %e, "foreign layer URL failed"),
+        if self.0.foreign_urls
+            && is_foreign_layer(&media_type)
+            && let Some(urls) = descriptor.urls().as_ref()
+        {
+            for url in urls
+                .iter()
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            {
+                match self.0.http.get(url).send() {
+                    Ok(r) if r.status().is_success() => {
+                        let body =
+                            ResumingBody::new(self.clone(), url.clone(), r, descriptor.size());
+                        return Ok(Box::new(body));
                     }
+                    Ok(r) => warn!(
+                        url,
+                        status = r.status().as_u16(),
+                        "foreign layer URL failed"
+                    ),
+                    Err(e) => warn!(url, error = %e, "foreign layer URL failed"),
                 }
             }
         }

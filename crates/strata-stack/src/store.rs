@@ -1,0 +1,702 @@
+//! The on-disk store.
+//!
+//! ```text
+//! STORE/layers/<chain id hex>/diff/        a layer in overlay form
+//! STORE/layers/<chain id hex>/layer.json   what it is (diff_id, sizes, counts)
+//! STORE/images/<manifest digest hex>.json  manifest, config, layer list
+//! STORE/refs.json                          name → manifest digest
+//! STORE/mounts/<id>/{mount.json,upper,work}
+//! STORE/locks/                             one lock file per layer being made
+//! STORE/tmp/                               layers being made
+//! STORE/lock                               shared by every strata process
+//! ```
+//!
+//! A layer directory appears only whole: it is made in `tmp/` and renamed
+//! into `layers/` after its digests verified and its fix-up ran, with
+//! `layer.json` already inside. A killed run leaves only `tmp/`, which the
+//! next process that finds itself alone on the store removes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What the store knows of one extracted layer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// The chain id (the directory's key).
+    pub chain_id: String,
+    /// The uncompressed tar's digest.
+    pub diff_id: String,
+    /// The compressed blob's digest.
+    pub digest: String,
+    /// The blob's media type.
+    pub media_type: String,
+    /// Compressed size.
+    pub size: u64,
+    /// Uncompressed tar bytes.
+    pub tar_bytes: u64,
+    /// Tar entries.
+    pub entries: u64,
+    /// Whiteouts.
+    pub whiteouts: u64,
+    /// Opaque markers.
+    pub opaque_dirs: u64,
+}
+
+/// One layer of a stored image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageLayer {
+    /// The compressed blob's digest.
+    pub digest: String,
+    /// The uncompressed tar's digest.
+    pub diff_id: String,
+    /// The chain id: where the layer lives in the store.
+    pub chain_id: String,
+    /// The blob's media type.
+    pub media_type: String,
+    /// Compressed size.
+    pub size: u64,
+}
+
+/// A stored image: enough to mount, inspect or bundle it offline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The platform manifest's digest.
+    pub digest: String,
+    /// The platform it was resolved for (`os/arch[/variant]`).
+    pub platform: String,
+    /// The manifest, as the source held it.
+    pub manifest: String,
+    /// The config, as the source held it.
+    pub config: String,
+    /// The layers, bottom first.
+    pub layers: Vec<ImageLayer>,
+}
+
+/// A live (or once live) mount made by strata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountRecord {
+    /// The record's id (its directory under `mounts/`).
+    pub id: String,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// The image, as the user named it.
+    pub image: String,
+    /// The image's manifest digest.
+    pub digest: String,
+    /// The layers it stacks, bottom first (gc keeps them).
+    pub chain_ids: Vec<String>,
+    /// Whether it has an upper directory.
+    pub writable: bool,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Chain ids of removed layers.
+    pub removed: Vec<String>,
+    /// Bytes freed (apparent sizes of the removed files).
+    pub freed_bytes: u64,
+}
+
+/// An open store. Holds a shared lock on `STORE/lock` for its lifetime.
+pub struct Store {
+    root: PathBuf,
+    lock: File,
+}
+
+/// Exclusive ownership of making one layer (held until committed or dropped).
+pub struct LayerLock {
+    _file: File,
+    hex: String,
+}
+
+/// A layer being made in `tmp/`; removed on drop unless committed.
+pub struct TmpLayer {
+    dir: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+fn valid_hex(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(|e| Error::io("writing", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("writing", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Corrupt {
+                path: path.to_owned(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(std::result::Result::ok)
+                .map(|e| dir_size(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Removes a directory tree, making read-only directories writable first
+/// (a layer may hold mode-0555 directories).
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
+}
+
+impl Store {
+    /// The default location: `/var/lib/strata` for root, else
+    /// `$XDG_DATA_HOME/strata` or `~/.local/share/strata`.
+    #[must_use]
+    pub fn default_root() -> PathBuf {
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from("/var/lib/strata");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        data.join("strata")
+    }
+
+    /// Opens (creating) the store at `root`. If no other strata process is
+    /// using it, leftovers of killed runs are removed first.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or the lock taken.
+    pub fn open(root: &Path) -> Result<Self> {
+        for sub in ["layers", "images", "mounts", "locks", "tmp"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io("creating the store directory", &dir, e))?;
+        }
+        let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        let store = Self { root, lock };
+        if store.lock.try_lock().is_ok() {
+            store.clean_tmp()?;
+            store
+                .lock
+                .unlock()
+                .map_err(|e| Error::io("unlocking", &lock_path, e))?;
+        }
+        store
+            .lock
+            .lock_shared()
+            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        Ok(store)
+    }
+
+    fn clean_tmp(&self) -> Result<()> {
+        let tmp = self.root.join("tmp");
+        for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io("listing", &tmp, e))? {
+            let path = entry.map_err(|e| Error::io("listing", &tmp, e))?.path();
+            tracing::info!(path = %path.display(), "removing the leftover of an interrupted run");
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
+
+    /// The store's directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn layer_root(&self, chain_id: &str) -> PathBuf {
+        self.root.join("layers").join(hex_of(chain_id))
+    }
+
+    /// The overlay-form directory of a layer (present or not).
+    #[must_use]
+    pub fn layer_dir(&self, chain_id: &str) -> PathBuf {
+        self.layer_root(chain_id).join("diff")
+    }
+
+    /// Whether a complete layer with this chain id is in the store.
+    #[must_use]
+    pub fn has_layer(&self, chain_id: &str) -> bool {
+        self.layer_root(chain_id).join("layer.json").is_file()
+    }
+
+    /// The record of a stored layer.
+    ///
+    /// # Errors
+    /// When the record cannot be read.
+    pub fn layer_record(&self, chain_id: &str) -> Result<Option<LayerRecord>> {
+        read_json(&self.layer_root(chain_id).join("layer.json"))
+    }
+
+    /// Takes the exclusive right to make a layer, waiting for another process
+    /// that is making it. Check [`Store::has_layer`] again after this returns.
+    ///
+    /// # Errors
+    /// When the lock file cannot be opened or locked.
+    pub fn lock_layer(&self, chain_id: &str) -> Result<LayerLock> {
+        let hex = hex_of(chain_id).to_owned();
+        assert!(valid_hex(&hex), "chain ids are sha256 digests");
+        let path = self.root.join("locks").join(format!("{hex}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening", &path, e))?;
+        file.lock().map_err(|e| Error::io("locking", &path, e))?;
+        Ok(LayerLock { _file: file, hex })
+    }
+
+    /// Starts making a layer in `tmp/` (removing what a killed run of it left).
+    ///
+    /// # Errors
+    /// When the directory cannot be made.
+    pub fn begin_layer(&self, lock: &LayerLock) -> Result<TmpLayer> {
+        let tmp = self.root.join("tmp");
+        // We hold the layer's lock: any tmp dir of it is a dead run's.
+        for entry in std::fs::read_dir(&tmp)
+            .map_err(|e| Error::io("listing", &tmp, e))?
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(&lock.hex) {
+                remove_tree(&entry.path())?;
+            }
+        }
+        let dir = tmp.join(format!("{}-{}", lock.hex, std::process::id()));
+        let diff = dir.join("diff");
+        std::fs::create_dir_all(&diff).map_err(|e| Error::io("creating", &diff, e))?;
+        Ok(TmpLayer {
+            dest: self.root.join("layers").join(&lock.hex),
+            dir,
+            committed: false,
+        })
+    }
+
+    /// Stores an image record and points `names` at it.
+    ///
+    /// # Errors
+    /// When the files cannot be written.
+    pub fn put_image(&self, record: &ImageRecord, names: &[String]) -> Result<()> {
+        let path = self
+            .root
+            .join("images")
+            .join(format!("{}.json", hex_of(&record.digest)));
+        let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+        write_atomic(&path, &bytes)?;
+        self.update_refs(|refs| {
+            for name in names {
+                refs.insert(name.clone(), record.digest.clone());
+            }
+        })
+    }
+
+    fn update_refs(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<()> {
+        let lock_path = self.root.join("refs.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        lock.lock()
+            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        let mut refs = self.refs()?;
+        change(&mut refs);
+        write_atomic(
+            &self.root.join("refs.json"),
+            &serde_json::to_vec_pretty(&refs).expect("refs serialise"),
+        )
+    }
+
+    /// Every name → manifest digest.
+    ///
+    /// # Errors
+    /// When refs.json cannot be read.
+    pub fn refs(&self) -> Result<BTreeMap<String, String>> {
+        Ok(read_json(&self.root.join("refs.json"))?.unwrap_or_default())
+    }
+
+    /// Finds an image by a name it was pulled as, or by manifest digest.
+    ///
+    /// # Errors
+    /// [`Error::UnknownImage`] when there is none.
+    pub fn find_image(&self, name: &str) -> Result<ImageRecord> {
+        let refs = self.refs()?;
+        let digest = refs.get(name).cloned().unwrap_or_else(|| name.to_owned());
+        let hex = hex_of(&digest);
+        let record = if valid_hex(hex) {
+            read_json(&self.root.join("images").join(format!("{hex}.json")))?
+        } else {
+            None
+        };
+        record.ok_or_else(|| Error::UnknownImage {
+            name: name.to_owned(),
+            store: self.root.clone(),
+        })
+    }
+
+    /// Every stored image with the names pointing at it.
+    ///
+    /// # Errors
+    /// When a record cannot be read.
+    pub fn images(&self) -> Result<Vec<(ImageRecord, Vec<String>)>> {
+        let refs = self.refs()?;
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
+            let path = entry.map_err(|e| Error::io("listing", &dir, e))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Some(record): Option<ImageRecord> = read_json(&path)? else {
+                continue;
+            };
+            let names: Vec<String> = refs
+                .iter()
+                .filter(|(_, d)| **d == record.digest)
+                .map(|(n, _)| n.clone())
+                .collect();
+            out.push((record, names));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// Removes a name; the image record goes when no name points at it.
+    /// Layers stay until [`Store::gc`].
+    ///
+    /// # Errors
+    /// [`Error::UnknownImage`], or a write failure.
+    pub fn remove_image(&self, name: &str) -> Result<ImageRecord> {
+        let record = self.find_image(name)?;
+        let digest = record.digest.clone();
+        self.update_refs(|refs| {
+            refs.retain(|n, d| !(n == name || (name == digest && *d == digest)));
+        })?;
+        if !self.refs()?.values().any(|d| *d == digest) {
+            let path = self
+                .root
+                .join("images")
+                .join(format!("{}.json", hex_of(&digest)));
+            std::fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+        }
+        Ok(record)
+    }
+
+    /// A new mount record's directory for `mountpoint`, with `upper/` and
+    /// `work/` when writable.
+    ///
+    /// # Errors
+    /// When the directories cannot be made.
+    pub fn mount_dir(&self, id: &str) -> PathBuf {
+        self.root.join("mounts").join(id)
+    }
+
+    /// Saves a mount record.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn put_mount(&self, record: &MountRecord) -> Result<()> {
+        let dir = self.mount_dir(&record.id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        write_atomic(
+            &dir.join("mount.json"),
+            &serde_json::to_vec_pretty(record).expect("records serialise"),
+        )
+    }
+
+    /// Every mount record.
+    ///
+    /// # Errors
+    /// When a record cannot be read.
+    pub fn mounts(&self) -> Result<Vec<MountRecord>> {
+        let dir = self.root.join("mounts");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
+            let path = entry
+                .map_err(|e| Error::io("listing", &dir, e))?
+                .path()
+                .join("mount.json");
+            if let Some(record) = read_json(&path)? {
+                out.push(record);
+            }
+        }
+        out.sort_by(|a: &MountRecord, b| a.mountpoint.cmp(&b.mountpoint));
+        Ok(out)
+    }
+
+    /// Removes a mount record (and its upper/work directories unless `keep`).
+    ///
+    /// # Errors
+    /// When the files cannot be removed.
+    pub fn remove_mount(&self, id: &str, keep_upper: bool) -> Result<()> {
+        let dir = self.mount_dir(id);
+        if keep_upper {
+            let record = dir.join("mount.json");
+            std::fs::remove_file(&record).map_err(|e| Error::io("removing", &record, e))?;
+            remove_tree(&dir.join("work"))
+        } else {
+            remove_tree(&dir)
+        }
+    }
+
+    /// Removes every layer that no stored image and no mount record uses.
+    /// Waits until no other strata process uses the store.
+    ///
+    /// # Errors
+    /// When the store cannot be locked, read or cleaned.
+    pub fn gc(&self) -> Result<GcReport> {
+        let lock_path = self.root.join("lock");
+        self.lock
+            .unlock()
+            .map_err(|e| Error::io("unlocking", &lock_path, e))?;
+        self.lock
+            .lock()
+            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        let result = self.gc_locked();
+        let _ = self.lock.unlock();
+        self.lock
+            .lock_shared()
+            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        result
+    }
+
+    fn gc_locked(&self) -> Result<GcReport> {
+        let mut live: BTreeSet<String> = BTreeSet::new();
+        for (image, _) in self.images()? {
+            live.extend(image.layers.iter().map(|l| hex_of(&l.chain_id).to_owned()));
+        }
+        for mount in self.mounts()? {
+            live.extend(mount.chain_ids.iter().map(|c| hex_of(c).to_owned()));
+        }
+        let layers = self.root.join("layers");
+        let mut report = GcReport::default();
+        for entry in std::fs::read_dir(&layers).map_err(|e| Error::io("listing", &layers, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &layers, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if live.contains(&name) {
+                continue;
+            }
+            // Move aside first so a half-removed layer is never seen as whole.
+            let doomed = self.root.join("tmp").join(format!("gc-{name}"));
+            std::fs::rename(entry.path(), &doomed)
+                .map_err(|e| Error::io("removing", entry.path(), e))?;
+            report.freed_bytes += dir_size(&doomed);
+            remove_tree(&doomed)?;
+            report.removed.push(format!("sha256:{name}"));
+        }
+        self.clean_tmp()?;
+        Ok(report)
+    }
+}
+
+impl TmpLayer {
+    /// Where the layer's files go.
+    #[must_use]
+    pub fn diff(&self) -> PathBuf {
+        self.dir.join("diff")
+    }
+
+    /// Writes the record and renames the layer into `layers/`, atomically.
+    ///
+    /// # Errors
+    /// When the record cannot be written or the rename fails.
+    pub fn commit(mut self, record: &LayerRecord) -> Result<()> {
+        write_atomic(
+            &self.dir.join("layer.json"),
+            &serde_json::to_vec_pretty(record).expect("records serialise"),
+        )?;
+        match std::fs::rename(&self.dir, &self.dest) {
+            Ok(()) => {}
+            // Made meanwhile by a process that did not take the lock; same content.
+            Err(e) if self.dest.join("layer.json").is_file() => {
+                tracing::debug!(error = %e, "layer already in the store");
+            }
+            Err(e) => return Err(Error::io("moving the layer into the store", &self.dest, e)),
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TmpLayer {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(digest: &str, chain: &str) -> ImageRecord {
+        ImageRecord {
+            digest: digest.into(),
+            platform: "linux/amd64".into(),
+            manifest: "{}".into(),
+            config: "{}".into(),
+            layers: vec![ImageLayer {
+                digest: chain.into(),
+                diff_id: chain.into(),
+                chain_id: chain.into(),
+                media_type: "x".into(),
+                size: 1,
+            }],
+        }
+    }
+
+    fn layer(store: &Store, chain: &str) {
+        let lock = store.lock_layer(chain).unwrap();
+        let tmp = store.begin_layer(&lock).unwrap();
+        std::fs::write(tmp.diff().join("f"), b"data").unwrap();
+        let rec = LayerRecord {
+            chain_id: chain.into(),
+            diff_id: chain.into(),
+            digest: chain.into(),
+            media_type: "x".into(),
+            size: 4,
+            tar_bytes: 4,
+            entries: 1,
+            whiteouts: 0,
+            opaque_dirs: 0,
+        };
+        tmp.commit(&rec).unwrap();
+    }
+
+    #[test]
+    fn layers_appear_whole_and_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = format!("sha256:{}", "a".repeat(64));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let lock = store.lock_layer(&a).unwrap();
+            let tmp = store.begin_layer(&lock).unwrap();
+            std::fs::write(tmp.diff().join("half"), b"").unwrap();
+            assert!(!store.has_layer(&a));
+            std::mem::forget(tmp); // as if killed
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            1
+        );
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "the leftover is cleaned"
+        );
+        layer(&store, &a);
+        assert!(store.has_layer(&a));
+        assert_eq!(
+            std::fs::read(store.layer_dir(&a).join("f")).unwrap(),
+            b"data"
+        );
+    }
+
+    #[test]
+    fn images_refs_rm_and_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
+        let (d1, d2) = (
+            format!("sha256:{}", "1".repeat(64)),
+            format!("sha256:{}", "2".repeat(64)),
+        );
+        layer(&store, &a);
+        layer(&store, &b);
+        store
+            .put_image(&record(&d1, &a), &["one:latest".into()])
+            .unwrap();
+        store
+            .put_image(&record(&d2, &b), &["two:latest".into(), "two:alias".into()])
+            .unwrap();
+        assert_eq!(store.find_image("one:latest").unwrap().digest, d1);
+        assert_eq!(store.find_image(&d2).unwrap().digest, d2);
+        assert!(matches!(
+            store.find_image("nope"),
+            Err(Error::UnknownImage { .. })
+        ));
+
+        store.remove_image("two:latest").unwrap();
+        assert!(
+            store.find_image("two:alias").is_ok(),
+            "another name still points at it"
+        );
+        store.remove_image("two:alias").unwrap();
+        assert!(store.find_image(&d2).is_err());
+
+        // A mount record keeps its layers alive through gc.
+        store
+            .put_mount(&MountRecord {
+                id: "m".into(),
+                mountpoint: "/x".into(),
+                image: "two".into(),
+                digest: d2.clone(),
+                chain_ids: vec![b.clone()],
+                writable: false,
+            })
+            .unwrap();
+        assert!(store.gc().unwrap().removed.is_empty());
+        store.remove_mount("m", false).unwrap();
+        let report = store.gc().unwrap();
+        assert_eq!(report.removed, vec![b.clone()]);
+        assert_eq!(
+            report.freed_bytes,
+            4 + std::fs::metadata(store.layer_root(&a).join("layer.json"))
+                .unwrap()
+                .len()
+        );
+        assert!(store.has_layer(&a) && !store.has_layer(&b));
+    }
+}
