@@ -13,10 +13,6 @@ pub const NOT_FOUND: u8 = 3;
 /// Bytes did not match their digest or size: the source is corrupt or hostile.
 pub const INTEGRITY: u8 = 4;
 
-/// The text for `--help`.
-pub const HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error, \
-3 image/tag/platform not found or access refused, 4 digest or size mismatch.";
-
 /// Chooses the exit code for an error chain from its typed causes.
 #[must_use]
 pub fn code_for(error: &anyhow::Error) -> u8 {

@@ -2,9 +2,12 @@
 //! output and exit codes. The libraries never print; this crate does.
 
 pub mod commands;
+pub mod context;
 pub mod exit;
 pub mod options;
 pub mod output;
+pub mod progress;
+pub mod pull;
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
@@ -13,15 +16,18 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::context::{Context, StoreArgs};
 use crate::options::RegistryArgs;
 use crate::output::Output;
+use crate::progress::Progress;
 
 /// Pull OCI and Docker images into root filesystems
 ///
 /// strata fetches an image from a registry, an OCI layout or a `docker save`
-/// archive, verifies every digest, and turns its layers into root filesystems.
+/// archive, verifies every digest, extracts each layer into its own
+/// directory in the store, and mounts them as one overlayfs rootfs.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, propagate_version = true, after_help = exit::HELP)]
+#[command(name = "strata", version, propagate_version = true, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Print less (errors only)
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -34,13 +40,40 @@ pub struct Cli {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
+    #[command(flatten)]
+    pub store: StoreArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+const AFTER_HELP: &str = "Examples:\n  strata pull-and-mount alpine:latest ./rootfs   # pull, then mount read-only\n  chroot ./rootfs /bin/sh\n  strata umount ./rootfs\n  strata flatten docker-archive:saved.tar ./rootfs\n\nExit codes: 0 success, 1 failure, 2 usage error, \
+3 image/tag/platform not found or access refused, 4 digest or size mismatch.";
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pull an image and mount it as a rootfs at DIR
+    #[command(name = "pull-and-mount")]
+    PullAndMount(commands::mount::MountArgs),
+    /// Fetch an image's layers into the store
+    Pull(commands::pull::PullArgs),
+    /// Mount a pulled image at DIR
+    Mount(commands::mount::MountArgs),
+    /// Unmount a rootfs mounted by strata
+    Umount(commands::mount::UmountArgs),
+    /// List the mounts strata made
+    Mounts,
+    /// Write an image's merged rootfs into a plain directory
+    Flatten(commands::flatten::FlattenArgs),
+    /// Write an OCI runtime bundle (rootfs + config.json) for runc or crun
+    Bundle(commands::bundle::BundleArgs),
+    /// List the images in the store
+    Images,
+    /// Remove an image's name from the store
+    Rm(commands::images::RmArgs),
+    /// Remove layers no image or mount uses
+    Gc,
     /// Print an image's manifest or index
     Manifest(commands::manifest::ManifestArgs),
     /// Print an image's config
@@ -71,10 +104,42 @@ fn init_logging(quiet: u8, verbose: u8) {
 /// The command's failure, with context naming the image.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut out = Output::new();
+    let ctx = Context {
+        store_args: cli.store.clone(),
+        registry: cli.registry.clone(),
+        progress: Progress::new(cli.quiet > 0, cli.verbose > 0 || cli.store.no_progress),
+    };
     match &cli.command {
+        Command::PullAndMount(args) => commands::mount::run_pull_and_mount(args, &ctx, &mut out),
+        Command::Pull(args) => commands::pull::run(args, &ctx, &mut out),
+        Command::Mount(args) => commands::mount::run_mount(args, &ctx, &mut out),
+        Command::Umount(args) => commands::mount::run_umount(args, &ctx, &mut out),
+        Command::Mounts => commands::mount::run_mounts(&ctx, &mut out),
+        Command::Flatten(args) => commands::flatten::run(args, &ctx, &mut out),
+        Command::Bundle(args) => commands::bundle::run(args, &ctx, &mut out),
+        Command::Images => commands::images::run_images(&ctx, &mut out),
+        Command::Rm(args) => commands::images::run_rm(args, &ctx, &mut out),
+        Command::Gc => commands::images::run_gc(&ctx, &mut out),
         Command::Manifest(args) => commands::manifest::run(args, &cli.registry, &mut out),
         Command::Config(args) => commands::config::run(args, &cli.registry, &mut out),
     }
+}
+
+/// A hint for errors a user can act on, found from the typed causes.
+fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    for cause in error.chain() {
+        let io = cause.downcast_ref::<io::Error>();
+        let no_space = io.and_then(io::Error::raw_os_error) == Some(28)
+            || cause
+                .downcast_ref::<strata_stack::Error>()
+                .is_some_and(strata_stack::Error::is_no_space);
+        if no_space {
+            return Some(
+                "no space left on the store's filesystem: free some (`strata gc` removes unused layers) or use --store elsewhere; the store is unchanged",
+            );
+        }
+    }
+    None
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
@@ -109,6 +174,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone
             }
             for cause in chain {
                 let _ = writeln!(stderr, "  caused by: {cause}");
+            }
+            if let Some(hint) = hint(&e) {
+                let _ = writeln!(stderr, "hint: {hint}");
             }
             ExitCode::from(exit::code_for(&e))
         }

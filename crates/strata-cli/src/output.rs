@@ -27,6 +27,25 @@ impl Output {
     }
 }
 
+impl Output {
+    /// Writes one line of text, as a result.
+    pub fn line(&mut self, text: &str) -> Result<()> {
+        let mut lock = self.stdout.lock();
+        writeln!(lock, "{text}")?;
+        lock.flush()?;
+        Ok(())
+    }
+
+    /// Writes one JSON value (pretty, with a newline), as a result.
+    pub fn json(&mut self, value: &impl serde::Serialize) -> Result<()> {
+        let mut lock = self.stdout.lock();
+        serde_json::to_writer_pretty(&mut lock, value)?;
+        writeln!(lock)?;
+        lock.flush()?;
+        Ok(())
+    }
+}
+
 impl Default for Output {
     fn default() -> Self {
         Self::new()

@@ -1,4 +1,9 @@
-//! One file per subcommand.
+//! One file per subcommand (or per family of them).
 
+pub mod bundle;
 pub mod config;
+pub mod flatten;
+pub mod images;
 pub mod manifest;
+pub mod mount;
+pub mod pull;

@@ -1,0 +1,77 @@
+//! `strata images`, `strata rm IMAGE`, `strata gc`.
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use strata_registry::ImageRef;
+
+use crate::context::Context;
+use crate::output::Output;
+use crate::pull::{human_bytes, store_name};
+
+/// Remove an image's name from the store (its layers go at the next gc)
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  strata rm alpine:latest && strata gc")]
+pub struct RmArgs {
+    /// The image, as it was pulled
+    pub image: ImageRef,
+}
+
+/// `strata images`.
+pub fn run_images(ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    let images = store.images()?;
+    if ctx.store_args.json {
+        return out.json(
+            &serde_json::json!(images.iter().map(|(r, names)| serde_json::json!({
+            "names": names, "digest": r.digest, "platform": r.platform, "layers": r.layers.len(),
+            "size": r.layers.iter().map(|l| l.size).sum::<u64>(),
+        })).collect::<Vec<_>>()),
+        );
+    }
+    for (record, names) in images {
+        let size: u64 = record.layers.iter().map(|l| l.size).sum();
+        let name = if names.is_empty() {
+            "<none>".to_owned()
+        } else {
+            names.join(", ")
+        };
+        out.line(&format!(
+            "{name}\t{}\t{}\t{} layers\t{}",
+            &record.digest[..19.min(record.digest.len())],
+            record.platform,
+            record.layers.len(),
+            human_bytes(size)
+        ))?;
+    }
+    Ok(())
+}
+
+/// `strata rm`.
+pub fn run_rm(args: &RmArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    let name = store_name(&args.image);
+    let record = store
+        .remove_image(&name)
+        .with_context(|| format!("removing {name}"))?;
+    out.line(&format!("removed {name} ({})", record.digest))
+}
+
+/// `strata gc`: drops records of read-only mounts that are gone, then layers
+/// nothing uses.
+pub fn run_gc(ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    for m in store.mounts()? {
+        if !m.writable && !strata_stack::is_mountpoint(&m.mountpoint)? {
+            store.remove_mount(&m.id, false)?;
+        }
+    }
+    let report = store.gc()?;
+    if ctx.store_args.json {
+        return out.json(&serde_json::json!(report));
+    }
+    out.line(&format!(
+        "removed {} layers, freed {}",
+        report.removed.len(),
+        human_bytes(report.freed_bytes)
+    ))
+}

@@ -1,0 +1,251 @@
+//! `strata mount`, `strata pull-and-mount`, `strata umount`, `strata mounts`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use sha2::{Digest as _, Sha256};
+use strata_registry::ImageRef;
+use strata_stack::{ImageRecord, MountRecord, MountSpec, Store, is_mountpoint};
+
+use crate::context::Context;
+use crate::output::Output;
+use crate::pull::{pull, store_name};
+
+/// Mount a pulled image as an overlayfs rootfs (read-only unless --rw)
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  strata mount alpine:latest ./rootfs\n  strata mount --rw alpine:latest ./rootfs   # writes go to the store's mounts/ID/upper\n  strata umount ./rootfs"
+)]
+pub struct MountArgs {
+    /// The image (as it was pulled, or its manifest digest)
+    pub image: ImageRef,
+    /// The mountpoint; created if missing, must be empty
+    pub dir: PathBuf,
+    /// Add an upper directory so the rootfs is writable
+    #[arg(long)]
+    pub rw: bool,
+}
+
+/// Unmount a rootfs mounted by strata
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  strata umount ./rootfs\n  strata umount --keep ./rootfs   # keep the writable mount's changes"
+)]
+pub struct UmountArgs {
+    /// The mountpoint
+    pub dir: PathBuf,
+    /// Keep a writable mount's upper directory (its path is printed)
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn mount_id(mountpoint: &Path) -> String {
+    hex::encode(&Sha256::digest(mountpoint.as_os_str().as_encoded_bytes())[..8])
+}
+
+fn find_image(store: &Store, image: &ImageRef) -> Result<ImageRecord> {
+    let name = store_name(image);
+    store
+        .find_image(&name)
+        .or_else(|_| match image {
+            ImageRef::Registry(r) => match &r.digest {
+                Some(d) => store.find_image(d.as_ref()),
+                None => store.find_image(&name),
+            },
+            _ => store.find_image(&name),
+        })
+        .with_context(|| {
+            format!(
+                "{name} is not in the store; `strata pull-and-mount` pulls and mounts in one go"
+            )
+        })
+}
+
+/// Checks the mountpoint (creating it when missing) and returns its absolute path.
+fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let abs = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    if !abs.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if is_mountpoint(&abs)? {
+        bail!(
+            "{} is already a mount; unmount it first (`strata umount {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if std::fs::read_dir(&abs)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .next()
+        .is_some()
+    {
+        bail!(
+            "{} is not empty; mount onto an empty or new directory",
+            dir.display()
+        );
+    }
+    Ok(abs)
+}
+
+/// Mounts a stored image at `dir`.
+fn mount_image(
+    ctx: &Context,
+    store: &Store,
+    image: &ImageRef,
+    record: &ImageRecord,
+    dir: &Path,
+    rw: bool,
+    out: &mut Output,
+) -> Result<()> {
+    let mountpoint = prepare_mountpoint(dir)?;
+    let id = mount_id(&mountpoint);
+    let chain_ids: Vec<String> = record.layers.iter().map(|l| l.chain_id.clone()).collect();
+    let upper = if rw {
+        let base = store.mount_dir(&id);
+        let (upper, work) = (base.join("upper"), base.join("work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Some((upper, work))
+    } else {
+        None
+    };
+    let mount_record = MountRecord {
+        id: id.clone(),
+        mountpoint: mountpoint.clone(),
+        image: store_name(image),
+        digest: record.digest.clone(),
+        chain_ids: chain_ids.clone(),
+        writable: rw,
+    };
+    // The record first: gc never removes the layers of a mount being made.
+    store.put_mount(&mount_record)?;
+    let spec = MountSpec {
+        target: mountpoint.clone(),
+        layers: chain_ids.iter().map(|c| store.layer_dir(c)).collect(),
+        upper: upper.clone(),
+    };
+    if let Err(e) = strata_stack::mount(&spec) {
+        let _ = store.remove_mount(&id, false);
+        return Err(e)
+            .with_context(|| format!("mounting {} at {}", store_name(image), dir.display()));
+    }
+    ctx.progress.summary(&format!(
+        "mounted {} at {} ({} layers, {})",
+        store_name(image),
+        mountpoint.display(),
+        chain_ids.len(),
+        if rw { "writable" } else { "read-only" }
+    ));
+    if ctx.store_args.json {
+        out.json(&serde_json::json!({
+            "mountpoint": mountpoint,
+            "image": store_name(image),
+            "digest": record.digest,
+            "layers": chain_ids.len(),
+            "writable": rw,
+            "upper": upper.map(|(u, _)| u),
+        }))
+    } else {
+        out.line(&mountpoint.display().to_string())
+    }
+}
+
+/// `strata mount`.
+pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    let record = find_image(&store, &args.image)?;
+    mount_image(ctx, &store, &args.image, &record, &args.dir, args.rw, out)
+}
+
+/// `strata pull-and-mount`.
+pub fn run_pull_and_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    if args.dir.exists() {
+        // Fail before downloading anything if the mountpoint will not do.
+        prepare_mountpoint(&args.dir)?;
+    }
+    let pulled = pull(ctx, &store, &args.image)?;
+    mount_image(
+        ctx,
+        &store,
+        &args.image,
+        &pulled.record,
+        &args.dir,
+        args.rw,
+        out,
+    )
+}
+
+/// `strata umount`.
+pub fn run_umount(args: &UmountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    let mountpoint = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("resolving {}", args.dir.display()))?;
+    let record = store
+        .mounts()?
+        .into_iter()
+        .find(|m| m.mountpoint == mountpoint);
+    let mounted = is_mountpoint(&mountpoint)?;
+    let Some(record) = record else {
+        if mounted {
+            bail!(
+                "{} is a mount, but not one strata made with this store ({})",
+                args.dir.display(),
+                store.root().display()
+            );
+        }
+        bail!("{} is not mounted", args.dir.display());
+    };
+    if mounted {
+        strata_stack::unmount(&mountpoint)?;
+    }
+    let upper = store.mount_dir(&record.id).join("upper");
+    let keep = args.keep && record.writable;
+    store.remove_mount(&record.id, keep)?;
+    ctx.progress
+        .summary(&format!("unmounted {}", mountpoint.display()));
+    if keep {
+        out.line(&upper.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// `strata mounts`.
+pub fn run_mounts(ctx: &Context, out: &mut Output) -> Result<()> {
+    let store = ctx.store()?;
+    let mut live = Vec::new();
+    for m in store.mounts()? {
+        let mounted = is_mountpoint(&m.mountpoint)?;
+        live.push((m, mounted));
+    }
+    if ctx.store_args.json {
+        return out.json(&serde_json::json!(
+            live.iter()
+                .map(|(m, mounted)| serde_json::json!({
+                    "mountpoint": m.mountpoint, "image": m.image, "digest": m.digest,
+                    "layers": m.chain_ids.len(), "writable": m.writable, "mounted": mounted,
+                }))
+                .collect::<Vec<_>>()
+        ));
+    }
+    for (m, mounted) in live {
+        let state = if mounted {
+            ""
+        } else {
+            "  (not mounted: `strata umount` removes the record)"
+        };
+        out.line(&format!(
+            "{}\t{}\t{} layers\t{}{state}",
+            m.mountpoint.display(),
+            m.image,
+            m.chain_ids.len(),
+            if m.writable { "rw" } else { "ro" }
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! What every command gets: the global options, resolved.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use strata_registry::{ImageRef, ImageSource, Platform};
+use strata_stack::Store;
+
+use crate::options::RegistryArgs;
+use crate::progress::Progress;
+
+/// Options about the store and the pipeline.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StoreArgs {
+    /// The store directory [default: /var/lib/strata as root, else $XDG_DATA_HOME/strata]
+    #[arg(long, value_name = "DIR", env = "STRATA_STORE", global = true)]
+    pub store: Option<PathBuf>,
+
+    /// Layers fetched and extracted at once [default: twice the cores, at least 4]
+    #[arg(long, short = 'j', value_name = "N", global = true)]
+    pub jobs: Option<usize>,
+
+    /// Print results as one JSON object on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// No progress bars (plain lines instead)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+/// The resolved global options.
+pub struct Context {
+    /// Store options.
+    pub store_args: StoreArgs,
+    /// Registry options.
+    pub registry: RegistryArgs,
+    /// Progress reporting.
+    pub progress: Progress,
+}
+
+impl Context {
+    /// Opens the store.
+    pub fn store(&self) -> Result<Store> {
+        let root = self
+            .store_args
+            .store
+            .clone()
+            .unwrap_or_else(Store::default_root);
+        Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+    }
+
+    /// How many layers run at once.
+    #[must_use]
+    pub fn jobs(&self) -> usize {
+        self.store_args
+            .jobs
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+                (2 * cores).max(4)
+            })
+            .max(1)
+    }
+
+    /// The platform asked for, or the host's.
+    pub fn platform(&self) -> Result<Platform> {
+        Ok(self.registry.platform()?.unwrap_or_else(Platform::host))
+    }
+
+    /// Opens an image source.
+    pub fn open_source(&self, image: &ImageRef) -> Result<ImageSource> {
+        ImageSource::open(image, &self.registry.options()?)
+            .with_context(|| format!("opening {image}"))
+    }
+}

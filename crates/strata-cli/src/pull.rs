@@ -1,0 +1,262 @@
+//! The pull pipeline: every missing layer of an image downloads, verifies
+//! and extracts at once (bounded by `--jobs`), each in one streaming pass;
+//! then, bottom up, each gets its fix-up and is renamed into the store.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow};
+use strata_layer::{Compression, Options as LayerOptions, Summary};
+use strata_registry::{ImageRef, ImageSource, Layer, ResolvedImage};
+use strata_stack::{ImageLayer, ImageRecord, LayerLock, LayerRecord, Store, TmpLayer, chain_ids};
+
+use crate::context::Context;
+
+/// What a pull did.
+pub struct Pulled {
+    /// The stored image.
+    pub record: ImageRecord,
+    /// The name it is stored under.
+    pub name: String,
+    /// Layers extracted by this pull.
+    pub extracted: usize,
+    /// Compressed bytes fetched.
+    pub fetched_bytes: u64,
+}
+
+/// The layer crate's compression for a layer media type (the two crates do
+/// not know each other; this is where their vocabularies meet).
+#[must_use]
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
+    strata_registry::layer_compression(media_type).map(|c| match c {
+        strata_registry::Compression::None => Compression::None,
+        strata_registry::Compression::Gzip => Compression::Gzip,
+        strata_registry::Compression::Zstd => Compression::Zstd,
+    })
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// The name an image is stored under: its normalised reference.
+#[must_use]
+pub fn store_name(image: &ImageRef) -> String {
+    image.to_string()
+}
+
+struct Extracted {
+    tmp: TmpLayer,
+    summary: Summary,
+}
+
+/// Pulls `image` into the store unless every layer is there already.
+pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
+    let started = Instant::now();
+    let source = ctx.open_source(image)?;
+    let platform = ctx.platform()?;
+    let resolved = source
+        .resolve(&platform)
+        .with_context(|| format!("resolving {image} for {platform}"))?;
+    let layers = resolved.layers()?;
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+    let chains = chain_ids(&diff_ids);
+
+    // Take the locks of missing layers bottom up (one order for every
+    // process: no deadlock), then look again: another process may have
+    // made them while we waited.
+    let mut locks: Vec<(usize, LayerLock)> = Vec::new();
+    for (i, chain) in chains.iter().enumerate() {
+        if !store.has_layer(chain) {
+            let lock = store.lock_layer(chain)?;
+            if !store.has_layer(chain) {
+                locks.push((i, lock));
+            }
+        }
+    }
+    let missing: Vec<usize> = locks.iter().map(|(i, _)| *i).collect();
+    let fetched_bytes = missing.iter().map(|i| layers[*i].descriptor.size()).sum();
+    if !missing.is_empty() {
+        ctx.progress.line(&format!(
+            "pulling {image}: {} of {} layers to fetch ({})",
+            missing.len(),
+            layers.len(),
+            human_bytes(fetched_bytes)
+        ));
+    }
+
+    let results = extract_all(ctx, store, &source, &layers, &locks)?;
+
+    // Bottom up: fix up against the layers below, then commit.
+    let mut results = results.into_iter();
+    for (i, chain) in chains.iter().enumerate() {
+        if !missing.contains(&i) {
+            continue;
+        }
+        let Extracted { tmp, summary } = results.next().expect("one result per missing layer");
+        let lowers: Vec<std::path::PathBuf> = chains[..i]
+            .iter()
+            .rev()
+            .map(|c| store.layer_dir(c))
+            .collect();
+        let lower_refs: Vec<&std::path::Path> =
+            lowers.iter().map(std::path::PathBuf::as_path).collect();
+        strata_layer::fix_up(&tmp.diff(), &summary.fixups, &lower_refs).with_context(|| {
+            format!(
+                "fixing up layer {i} ({}) of {image}",
+                layers[i].descriptor.digest()
+            )
+        })?;
+        let descriptor = &layers[i].descriptor;
+        tmp.commit(&LayerRecord {
+            chain_id: chain.clone(),
+            diff_id: diff_ids[i].clone(),
+            digest: descriptor.digest().to_string(),
+            media_type: descriptor.media_type().to_string(),
+            size: descriptor.size(),
+            tar_bytes: summary.bytes,
+            entries: summary.entries,
+            whiteouts: summary.whiteouts,
+            opaque_dirs: summary.opaque_dirs,
+        })
+        .with_context(|| format!("storing layer {i} of {image}"))?;
+    }
+    drop(locks);
+
+    let record = image_record(&resolved, &layers, &chains, &platform.to_string());
+    let name = store_name(image);
+    store.put_image(&record, std::slice::from_ref(&name))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    ctx.progress.summary(&format!(
+        "{name}: {} layers ({} extracted, {} already in the store), {} fetched in {elapsed:.1} s, {}",
+        layers.len(),
+        missing.len(),
+        layers.len() - missing.len(),
+        human_bytes(fetched_bytes),
+        record.digest
+    ));
+    Ok(Pulled {
+        record,
+        name,
+        extracted: missing.len(),
+        fetched_bytes,
+    })
+}
+
+/// Runs the missing layers through download → verify → extract, `--jobs` at a time.
+/// Returns the results in layer order; on failure, the first error by layer.
+fn extract_all(
+    ctx: &Context,
+    store: &Store,
+    source: &ImageSource,
+    layers: &[Layer],
+    locks: &[(usize, LayerLock)],
+) -> Result<Vec<Extracted>> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<Extracted>>>> =
+        locks.iter().map(|_| Mutex::new(None)).collect();
+    let options = LayerOptions::default();
+    let workers = ctx.jobs().min(locks.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((i, lock)) = locks.get(k) else { break };
+                    let result = extract_one(ctx, store, source, &layers[*i], *i, lock, &options);
+                    *slots[k].lock().expect("slot lock") = Some(result);
+                }
+            });
+        }
+    });
+    let mut out = Vec::new();
+    for (k, slot) in slots.into_iter().enumerate() {
+        match slot.into_inner().expect("slot lock") {
+            Some(Ok(e)) => out.push(e),
+            Some(Err(e)) => return Err(e),
+            None => return Err(anyhow!("layer {} was not extracted", locks[k].0)),
+        }
+    }
+    Ok(out)
+}
+
+fn extract_one(
+    ctx: &Context,
+    store: &Store,
+    source: &ImageSource,
+    layer: &Layer,
+    index: usize,
+    lock: &LayerLock,
+    options: &LayerOptions,
+) -> Result<Extracted> {
+    let descriptor = &layer.descriptor;
+    let what = format!("layer {index} ({})", descriptor.digest());
+    let tmp = store.begin_layer(lock)?;
+    let bar = ctx
+        .progress
+        .layer(short(descriptor.digest().as_ref()), descriptor.size());
+    let stream = source
+        .blob(descriptor, &format!("layer {index}"))
+        .with_context(|| format!("fetching {what}"))?;
+    let summary = strata_layer::extract(
+        bar.wrap(stream),
+        layer_compression(descriptor.media_type().as_ref()),
+        Some(layer.diff_id.as_ref()),
+        &tmp.diff(),
+        options,
+    )
+    .with_context(|| format!("extracting {what}"))?;
+    bar.finish();
+    ctx.progress.line(&format!(
+        "layer {index} {} extracted: {} entries, {}",
+        short(descriptor.digest().as_ref()),
+        summary.entries,
+        human_bytes(summary.bytes)
+    ));
+    Ok(Extracted { tmp, summary })
+}
+
+fn image_record(
+    resolved: &ResolvedImage,
+    layers: &[Layer],
+    chains: &[String],
+    platform: &str,
+) -> ImageRecord {
+    ImageRecord {
+        digest: resolved.manifest.digest.to_string(),
+        platform: platform.to_owned(),
+        manifest: String::from_utf8_lossy(&resolved.manifest.bytes).into_owned(),
+        config: String::from_utf8_lossy(&resolved.config_bytes).into_owned(),
+        layers: layers
+            .iter()
+            .zip(chains)
+            .map(|(l, chain)| ImageLayer {
+                digest: l.descriptor.digest().to_string(),
+                diff_id: l.diff_id.to_string(),
+                chain_id: chain.clone(),
+                media_type: l.descriptor.media_type().to_string(),
+                size: l.descriptor.size(),
+            })
+            .collect(),
+    }
+}
+
+/// `1.2 MB`-style sizes (decimal units, as registries and docker print them).
+#[must_use]
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    #[expect(clippy::cast_precision_loss, reason = "a display value")]
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
