@@ -40,3 +40,7 @@ test-internet:
 # Install the Debian packages and tools the tests use (as root)
 deps:
     bash .ci/deps
+
+# Run it: build strata, serve a test image from a local registry, pull-and-mount it into ./rootfs (as root)
+demo:
+    bash scripts/demo.sh

@@ -13,6 +13,7 @@ mod local_sources;
 mod registry_auth;
 mod registry_faults;
 mod registry_pull;
+mod stack;
 
 #[cfg(feature = "internet-tests")]
 mod internet;

@@ -145,24 +145,15 @@ impl<R: Read> EntrySource for TarSource<R> {
                     continue;
                 }
             };
+            // Empty numeric fields read as 0, as Go's archive/tar (Docker,
+            // containerd) reads them; only PAX values below override.
             let mut entry = Entry {
                 name: name.clone(),
                 kind,
-                mode: header
-                    .mode()
-                    .map_err(|e| Error::entry(label(), format!("bad mode: {e}")))?
-                    & 0o7777,
-                uid: header
-                    .uid()
-                    .map_err(|e| Error::entry(label(), format!("bad uid: {e}")))?,
-                gid: header
-                    .gid()
-                    .map_err(|e| Error::entry(label(), format!("bad gid: {e}")))?,
-                mtime: header
-                    .mtime()
-                    .map_err(|e| Error::entry(label(), format!("bad mtime: {e}")))?
-                    .try_into()
-                    .unwrap_or(i64::MAX),
+                mode: header.mode().unwrap_or(0) & 0o7777,
+                uid: header.uid().unwrap_or(0),
+                gid: header.gid().unwrap_or(0),
+                mtime: header.mtime().unwrap_or(0).try_into().unwrap_or(i64::MAX),
                 xattrs: Vec::new(),
             };
             if let Some(pax) = tar_entry.pax_extensions().map_err(stream_error)? {

@@ -6,6 +6,7 @@
 )]
 
 pub mod http;
+pub mod oci;
 pub mod registry;
 pub mod tls;
 pub mod token;
