@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use strata_registry::{ImageRef, ImageSource, Platform};
+use strata_registry::{ImageRef, ImageSource, Platform, ResolvedImage};
 use strata_stack::Store;
 
 use crate::options::RegistryArgs;
@@ -66,6 +66,16 @@ impl Context {
     /// The platform asked for, or the host's.
     pub fn platform(&self) -> Result<Platform> {
         Ok(self.registry.platform()?.unwrap_or_else(Platform::host))
+    }
+
+    /// Opens an image's source and resolves it for the platform asked for.
+    pub fn resolve(&self, image: &ImageRef) -> Result<(ImageSource, ResolvedImage, Platform)> {
+        let source = self.open_source(image)?;
+        let platform = self.platform()?;
+        let resolved = source
+            .resolve(&platform)
+            .with_context(|| format!("resolving {image} for {platform}"))?;
+        Ok((source, resolved, platform))
     }
 
     /// Opens an image source.

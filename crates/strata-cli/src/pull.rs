@@ -55,11 +55,7 @@ struct Extracted {
 /// Pulls `image` into the store unless every layer is there already.
 pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
     let started = Instant::now();
-    let source = ctx.open_source(image)?;
-    let platform = ctx.platform()?;
-    let resolved = source
-        .resolve(&platform)
-        .with_context(|| format!("resolving {image} for {platform}"))?;
+    let (source, resolved, platform) = ctx.resolve(image)?;
     let layers = resolved.layers()?;
     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
     let chains = chain_ids(&diff_ids);

@@ -134,6 +134,16 @@ fn valid_hex(hex: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Opens (creating) a file used only for `flock`.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening", path, e))
+}
+
 /// Writes `bytes` to `path` atomically (temp file + rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -213,12 +223,7 @@ impl Store {
         }
         let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
         let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        let lock = open_lock_file(&lock_path)?;
         let store = Self { root, lock };
         if store.lock.try_lock().is_ok() {
             store.clean_tmp()?;
@@ -283,12 +288,7 @@ impl Store {
         let hex = hex_of(chain_id).to_owned();
         assert!(valid_hex(&hex), "chain ids are sha256 digests");
         let path = self.root.join("locks").join(format!("{hex}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("opening", &path, e))?;
+        let file = open_lock_file(&path)?;
         file.lock().map_err(|e| Error::io("locking", &path, e))?;
         Ok(LayerLock { _file: file, hex })
     }
@@ -338,12 +338,7 @@ impl Store {
 
     fn update_refs(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<()> {
         let lock_path = self.root.join("refs.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        let lock = open_lock_file(&lock_path)?;
         lock.lock()
             .map_err(|e| Error::io("locking", &lock_path, e))?;
         let mut refs = self.refs()?;

@@ -80,11 +80,7 @@ pub fn flatten_into(ctx: &Context, image: &ImageRef, dir: &Path) -> Result<Vec<u
         ));
         return Ok(record.config.into_bytes());
     }
-    let source = ctx.open_source(image)?;
-    let platform = ctx.platform()?;
-    let resolved = source
-        .resolve(&platform)
-        .with_context(|| format!("resolving {image} for {platform}"))?;
+    let (source, resolved, _) = ctx.resolve(image)?;
     let layers = resolved.layers()?;
     for (i, layer) in layers.iter().enumerate() {
         let what = format!("layer {i} ({})", layer.descriptor.digest());
