@@ -8,6 +8,7 @@
 
 mod util;
 
+mod inspect;
 mod layers;
 mod local_sources;
 mod registry_auth;

@@ -51,6 +51,19 @@ impl Context {
         Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
     }
 
+    /// The store, if one exists already (read-only commands do not create one).
+    pub fn existing_store(&self) -> Result<Option<Store>> {
+        let root = self
+            .store_args
+            .store
+            .clone()
+            .unwrap_or_else(Store::default_root);
+        if !root.join("layers").is_dir() {
+            return Ok(None);
+        }
+        self.store().map(Some)
+    }
+
     /// How many layers run at once.
     #[must_use]
     pub fn jobs(&self) -> usize {

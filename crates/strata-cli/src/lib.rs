@@ -9,6 +9,7 @@
 pub mod commands;
 pub mod context;
 pub mod exit;
+pub mod layers;
 pub mod options;
 pub mod output;
 pub mod progress;
@@ -79,6 +80,16 @@ pub enum Command {
     Rm(commands::images::RmArgs),
     /// Remove layers no image or mount uses
     Gc,
+    /// Show an image's config and layer table
+    Inspect(commands::inspect::InspectArgs),
+    /// List the merged tree or one layer's entries
+    Ls(commands::inspect::LsArgs),
+    /// Show which layer provides a path
+    Which(commands::inspect::WhichArgs),
+    /// Show what each layer adds, modifies and deletes
+    Diff(commands::inspect::DiffArgs),
+    /// Measure bytes wasted on files overwritten or deleted by later layers
+    Waste(commands::inspect::WasteArgs),
     /// Print an image's manifest or index
     Manifest(commands::manifest::ManifestArgs),
     /// Print an image's config
@@ -125,6 +136,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Images => commands::images::run_images(&ctx, &mut out),
         Command::Rm(args) => commands::images::run_rm(args, &ctx, &mut out),
         Command::Gc => commands::images::run_gc(&ctx, &mut out),
+        Command::Inspect(args) => commands::inspect::run_inspect(args, &ctx, &mut out),
+        Command::Ls(args) => commands::inspect::run_ls(args, &ctx, &mut out),
+        Command::Which(args) => commands::inspect::run_which(args, &ctx, &mut out),
+        Command::Diff(args) => commands::inspect::run_diff(args, &ctx, &mut out),
+        Command::Waste(args) => commands::inspect::run_waste(args, &ctx, &mut out),
         Command::Manifest(args) => commands::manifest::run(args, &cli.registry, &mut out),
         Command::Config(args) => commands::config::run(args, &cli.registry, &mut out),
     }

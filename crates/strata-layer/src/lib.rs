@@ -24,6 +24,7 @@ mod engine;
 mod entry;
 mod error;
 mod fixup;
+mod index;
 mod names;
 mod sys;
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub use compression::Compression;
 pub use entry::{DirSource, Entry, EntrySource, Kind};
 pub use error::{Error, Result};
 pub use fixup::fix_up;
+pub use index::{ChangeKind, LayerIndex, Merged, Node, Visible, index_source, index_stream, merge};
 pub use sys::running_as_root;
 
 /// How whiteouts are written.

@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod config;
 pub mod flatten;
 pub mod images;
+pub mod inspect;
 pub mod manifest;
 pub mod mount;
 pub mod pull;
