@@ -62,6 +62,17 @@ fn find_image(store: &Store, image: &ImageRef) -> Result<ImageRecord> {
         })
 }
 
+/// Mounting needs root; say so before anything is downloaded.
+fn require_root() -> Result<()> {
+    if !strata_layer::running_as_root() {
+        bail!(
+            "mounting needs root (CAP_SYS_ADMIN) and this process is not root; run it as root, \
+or use `strata flatten IMAGE DIR`, which needs no mount and no root"
+        );
+    }
+    Ok(())
+}
+
 /// Checks the mountpoint (creating it when missing) and returns its absolute path.
 fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     if !dir.exists() {
@@ -157,6 +168,7 @@ fn mount_image(
 
 /// `strata mount`.
 pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    require_root()?;
     let store = ctx.store()?;
     let record = find_image(&store, &args.image)?;
     mount_image(ctx, &store, &args.image, &record, &args.dir, args.rw, out)
@@ -164,6 +176,7 @@ pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()
 
 /// `strata pull-and-mount`.
 pub fn run_pull_and_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    require_root()?;
     let store = ctx.store()?;
     if args.dir.exists() {
         // Fail before downloading anything if the mountpoint will not do.
