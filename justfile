@@ -44,3 +44,7 @@ deps:
 # Run it: build strata, serve a test image from a local registry, pull-and-mount it into ./rootfs (as root)
 demo:
     bash scripts/demo.sh
+
+# Benchmark strata against skopeo+umoci, containerd and plain tar (as root; ~20 min; prints the table)
+bench:
+    bash bench/run.sh

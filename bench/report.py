@@ -1,0 +1,50 @@
+"""Reads hyperfine's JSON from bench/run.sh and prints the comparison table.
+
+Ratios are computed pair by pair from medians of the same run.
+"""
+import json
+import os
+import sys
+
+results, images = sys.argv[1], sys.argv[2].split()
+contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit"]
+
+
+def load(image, contender):
+    path = os.path.join(results, f"{image}--{contender}.json")
+    if not os.path.exists(path):
+        return None
+    return json.load(open(path))["results"][0]
+
+
+print("| image | contender | wall median s | min-max s | user+sys s |")
+print("|---|---|---:|---:|---:|")
+for image in images:
+    for c in contenders:
+        r = load(image, c)
+        if r is None:
+            continue
+        print(f"| {image} | {c} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['user'] + r['system']:.3f} |")
+print()
+pairs = [
+    ("strata-cold", "skopeo-umoci", 0.25),
+    ("strata-cold", "ctr-pull", 0.40),
+    ("strata-cold", "tar-limit", 0.80),
+    ("strata-warm", "ctr-mount", 0.50),
+    ("strata-flatten", "umoci-unpack", 0.30),
+]
+print("| image | ratio | measured | target | met |")
+print("|---|---|---:|---:|---|")
+for image in images:
+    for a, b, target in pairs:
+        ra, rb = load(image, a), load(image, b)
+        if ra is None or rb is None:
+            continue
+        ratio = ra["median"] / rb["median"]
+        print(f"| {image} | {a} / {b} | {ratio:.2f} | {target:.2f} | {'yes' if ratio <= target else 'no'} |")
+print()
+for image in images:
+    path = os.path.join(results, f"{image}--strata-rss.txt")
+    if os.path.exists(path):
+        kib = int(open(path).read().split()[-1])
+        print(f"peak RSS of strata pull-and-mount ({image}): {kib / 1024:.1f} MiB")
