@@ -161,6 +161,9 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
     headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// Debian's and Ubuntu's bundle of the system's trusted CAs (local ones included).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 pub(crate) fn build_client(opts: &Options) -> Result<Client> {
     let mut builder = Client::builder()
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
@@ -169,6 +172,23 @@ pub(crate) fn build_client(opts: &Options) -> Result<Client> {
         // read of the body: a stalled connection fails instead of hanging.
         .timeout(opts.stall_timeout)
         .danger_accept_invalid_certs(opts.insecure);
+    // Mozilla's roots are compiled in (webpki-roots); the system's bundle is
+    // one file read, not the hundreds a certificate directory scan costs.
+    let system_bundle = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE));
+    if let Ok(pem) = std::fs::read(&system_bundle) {
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) => {
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            Err(e) => {
+                warn!(path = %system_bundle.display(), error = %e, "ignoring an unreadable system CA bundle")
+            }
+        }
+    }
     for path in &opts.ca_files {
         let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let certs =

@@ -144,8 +144,12 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-/// Writes `bytes` to `path` atomically (temp file + rename).
+/// Writes `bytes` to `path` atomically (temp file + rename), unless the file
+/// already holds exactly them (a warm pull rewrites nothing).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(|e| Error::io("writing", &tmp, e))?;
     f.write_all(bytes)
