@@ -2,6 +2,7 @@
 //! counting/hashing reader that yields the diff_id.
 
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use sha2::{Digest as _, Sha256};
 
@@ -69,20 +70,14 @@ enum Inner<R: Read> {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
 }
 
-/// The decompressed tar stream: counts and hashes every byte, enforces the
-/// size limit, and can drain what is left of both streams at the end (so the
-/// registry's digest check of the compressed bytes sees their end).
-pub(crate) struct TarStream<R: Read> {
+/// The decompressing half of the pipeline: the bytes decide the format (the
+/// media type is only a hint, reported when it disagrees).
+pub(crate) struct Decompressor<R: Read> {
     inner: Inner<R>,
-    hasher: Sha256,
-    bytes: u64,
-    limit: u64,
 }
 
-impl<R: Read> TarStream<R> {
-    /// Wraps `reader`. The magic bytes decide; `hint` (from the media type)
-    /// only matters for a mismatch, which is reported.
-    pub(crate) fn new(reader: R, hint: Option<Compression>, limit: u64) -> Result<Self> {
+impl<R: Read> Decompressor<R> {
+    pub(crate) fn new(reader: R, hint: Option<Compression>) -> Result<Self> {
         let mut buffered = BufReader::with_capacity(BUFFER, reader);
         let head = buffered.fill_buf().map_err(|source| Error::Stream {
             what: "layer bytes",
@@ -115,12 +110,132 @@ impl<R: Read> TarStream<R> {
                 )?)
             }
         };
-        Ok(Self {
+        Ok(Self { inner })
+    }
+
+    /// Reads what follows the compressed stream (NUL padding), so that a
+    /// digest check in the reader below sees the blob's very end.
+    fn drain_rest(&mut self) -> io::Result<()> {
+        let rest: Option<&mut dyn Read> = match &mut self.inner {
+            Inner::Plain(_) => None,
+            Inner::Gzip(g) => g.rest.as_mut().map(|r| r as &mut dyn Read),
+            Inner::Zstd(z) => Some(z.get_mut()),
+        };
+        if let Some(rest) = rest {
+            io::copy(rest, &mut io::sink())?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Decompressor<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(r) => r.read(buf),
+            Inner::Gzip(r) => r.read(buf),
+            Inner::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+/// Chunks handed from the decompressing thread to the extracting one, and
+/// how many may be in flight: memory per layer stays under 2 MiB.
+const CHUNK: usize = 256 << 10;
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// The consuming end of the pipeline: chunks from the other thread, buffers
+/// sent back for reuse.
+pub(crate) struct ChannelReader {
+    full: Receiver<io::Result<Vec<u8>>>,
+    empty: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            let done = std::mem::take(&mut self.current);
+            let _ = self.empty.try_send(done);
+            self.pos = 0;
+            match self.full.recv() {
+                Ok(chunk) => self.current = chunk?,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads, decompresses and drains the blob on one thread (with the digest
+/// check of the compressed bytes, which happens in `reader`), while
+/// `consume` hashes the tar and writes the files on the calling thread: the
+/// two halves of a layer's work overlap, so even a single big layer uses
+/// two cores.
+pub(crate) fn pipeline<R: Read + Send, T>(
+    reader: R,
+    hint: Option<Compression>,
+    max_bytes: u64,
+    consume: impl FnOnce(&mut TarStream<ChannelReader>) -> Result<T>,
+) -> Result<T> {
+    let mut decompressor = Decompressor::new(reader, hint)?;
+    let (full_tx, full_rx) = sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            loop {
+                let mut chunk = empty_rx.try_recv().unwrap_or_default();
+                chunk.resize(CHUNK, 0);
+                match decompressor.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if full_tx.send(Ok(chunk)).is_err() {
+                            return; // the consumer stopped (an error there)
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = full_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if let Err(e) = decompressor.drain_rest() {
+                let _ = full_tx.send(Err(e));
+            }
+        });
+        let reader = ChannelReader {
+            full: full_rx,
+            empty: empty_tx,
+            current: Vec::new(),
+            pos: 0,
+        };
+        let mut stream = TarStream::new(reader, max_bytes);
+        consume(&mut stream)
+    })
+}
+
+/// The decompressed tar stream: counts and hashes every byte (the diff_id)
+/// and enforces the size limit.
+pub(crate) struct TarStream<R: Read> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+    limit: u64,
+}
+
+impl<R: Read> TarStream<R> {
+    pub(crate) fn new(inner: R, limit: u64) -> Self {
+        Self {
             inner,
             hasher: Sha256::new(),
             bytes: 0,
             limit,
-        })
+        }
     }
 
     /// Decompressed bytes so far.
@@ -129,34 +244,22 @@ impl<R: Read> TarStream<R> {
     }
 
     /// Reads the rest of the tar stream (end-of-archive padding) into the
-    /// hash, then the rest of the compressed stream; returns the diff_id.
-    pub(crate) fn finish(mut self) -> Result<String> {
-        io::copy(&mut self, &mut io::sink()).map_err(|source| Error::Stream {
+    /// hash; returns the diff_id.
+    pub(crate) fn finish(&mut self) -> Result<String> {
+        io::copy(self, &mut io::sink()).map_err(|source| Error::Stream {
             what: "layer end",
             source,
         })?;
-        let rest: Option<&mut dyn Read> = match &mut self.inner {
-            Inner::Plain(_) => None,
-            Inner::Gzip(g) => g.rest.as_mut().map(|r| r as &mut dyn Read),
-            Inner::Zstd(z) => Some(z.get_mut()),
-        };
-        if let Some(rest) = rest {
-            io::copy(rest, &mut io::sink()).map_err(|source| Error::Stream {
-                what: "bytes after the compressed stream",
-                source,
-            })?;
-        }
-        Ok(format!("sha256:{}", hex::encode(self.hasher.finalize())))
+        Ok(format!(
+            "sha256:{}",
+            hex::encode(std::mem::take(&mut self.hasher).finalize())
+        ))
     }
 }
 
 impl<R: Read> Read for TarStream<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &mut self.inner {
-            Inner::Plain(r) => r.read(buf)?,
-            Inner::Gzip(r) => r.read(buf)?,
-            Inner::Zstd(r) => r.read(buf)?,
-        };
+        let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         if self.bytes > self.limit {
@@ -186,11 +289,12 @@ mod tests {
     }
 
     fn read_all(bytes: &[u8]) -> (Vec<u8>, String) {
-        let mut s = TarStream::new(bytes, None, u64::MAX).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let id = s.finish().unwrap();
-        (out, id)
+        pipeline(bytes, None, u64::MAX, |s| {
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).unwrap();
+            Ok((out, s.finish()?))
+        })
+        .unwrap()
     }
 
     #[test]
@@ -218,8 +322,10 @@ mod tests {
     #[test]
     fn the_limit_stops_a_bomb() {
         let bomb = gzip(&vec![0u8; 10 << 20]);
-        let mut s = TarStream::new(&bomb[..], Some(Compression::Gzip), 1 << 20).unwrap();
-        let err = io::copy(&mut s, &mut io::sink()).unwrap_err();
+        let err = pipeline(&bomb[..], Some(Compression::Gzip), 1 << 20, |s| {
+            io::copy(s, &mut io::sink()).map_err(crate::entry::stream_error)
+        })
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("limit of 1048576 decompressed bytes"),

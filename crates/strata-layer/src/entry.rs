@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::FileType;
 
-use crate::compression::TarStream;
 use crate::names::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::sys;
 use crate::{Error, Result};
@@ -74,18 +73,14 @@ pub trait EntrySource {
 /// Entries of a tar stream (`tar` ≥ 0.4.45 for PAX sizes; entries are never
 /// unpacked by the tar crate, only read).
 pub(crate) struct TarSource<R: Read> {
-    archive: tar::Archive<TarStream<R>>,
+    archive: tar::Archive<R>,
 }
 
 impl<R: Read> TarSource<R> {
-    pub(crate) fn new(stream: TarStream<R>) -> Self {
+    pub(crate) fn new(stream: R) -> Self {
         Self {
             archive: tar::Archive::new(stream),
         }
-    }
-
-    pub(crate) fn into_stream(self) -> TarStream<R> {
-        self.archive.into_inner()
     }
 }
 

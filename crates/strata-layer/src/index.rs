@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::compression::TarStream;
 use crate::entry::{EntrySource, Kind, TarSource};
 use crate::names::{Name, classify, clean};
 use crate::{Compression, Result};
@@ -192,27 +191,26 @@ impl std::io::Write for HashWriter<'_> {
 ///
 /// # Errors
 /// As [`crate::extract`], nothing being written.
-pub fn index_stream<R: Read>(
+pub fn index_stream<R: Read + Send>(
     reader: R,
     hint: Option<Compression>,
     expected_diff_id: Option<&str>,
     max_bytes: u64,
 ) -> Result<LayerIndex> {
-    let stream = TarStream::new(reader, hint, max_bytes)?;
-    let mut source = TarSource::new(stream);
-    let mut index = index_source(&mut source)?;
-    let stream = source.into_stream();
-    index.tar_bytes = stream.decompressed_bytes();
-    let diff_id = stream.finish()?;
-    if let Some(expected) = expected_diff_id
-        && diff_id != expected
+    let index = crate::compression::pipeline(reader, hint, max_bytes, |stream| {
+        let mut index = index_source(&mut TarSource::new(&mut *stream))?;
+        index.diff_id = Some(stream.finish()?);
+        index.tar_bytes = stream.decompressed_bytes();
+        Ok(index)
+    })?;
+    if let (Some(expected), Some(actual)) = (expected_diff_id, &index.diff_id)
+        && actual != expected
     {
         return Err(crate::Error::DiffIdMismatch {
             expected: expected.to_owned(),
-            actual: diff_id,
+            actual: actual.clone(),
         });
     }
-    index.diff_id = Some(diff_id);
     Ok(index)
 }
 

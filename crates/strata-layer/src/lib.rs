@@ -135,25 +135,26 @@ pub struct Summary {
 ///
 /// # Errors
 /// A bad stream, a refused entry, a limit, an I/O error, or the mismatch.
-pub fn extract<R: Read>(
+pub fn extract<R: Read + Send>(
     reader: R,
     hint: Option<Compression>,
     expected_diff_id: Option<&str>,
     target: &Path,
     options: &Options,
 ) -> Result<Summary> {
-    let stream = compression::TarStream::new(reader, hint, options.max_bytes)?;
-    let mut source = entry::TarSource::new(stream);
-    let mut summary = engine::Writer::new(target, options)?.run(&mut source)?;
-    let stream = source.into_stream();
-    summary.bytes = stream.decompressed_bytes();
-    summary.diff_id = stream.finish()?;
+    let mut summary = compression::pipeline(reader, hint, options.max_bytes, |stream| {
+        let mut summary =
+            engine::Writer::new(target, options)?.run(&mut entry::TarSource::new(&mut *stream))?;
+        summary.diff_id = stream.finish()?;
+        summary.bytes = stream.decompressed_bytes();
+        Ok(summary)
+    })?;
     if let Some(expected) = expected_diff_id
         && summary.diff_id != expected
     {
         return Err(Error::DiffIdMismatch {
             expected: expected.to_owned(),
-            actual: summary.diff_id,
+            actual: std::mem::take(&mut summary.diff_id),
         });
     }
     Ok(summary)
