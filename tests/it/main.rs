@@ -10,6 +10,7 @@ mod util;
 
 mod inspect;
 mod layers;
+mod limits;
 mod local_sources;
 mod registry_auth;
 mod registry_faults;
