@@ -12,6 +12,7 @@ mod inspect;
 mod layers;
 mod limits;
 mod local_sources;
+mod network_faults;
 mod registry_auth;
 mod registry_faults;
 mod registry_pull;

@@ -244,17 +244,21 @@ impl Remote {
                     debug!(scheme, status = status.as_u16(), "registry answered");
                     return Ok(remote);
                 }
-                // The plain-HTTP fallback counts only if it is a registry
-                // answering; otherwise the HTTPS failure is the real story
-                // (e.g. a TLS registry whose CA is not trusted).
+                // A 400 to plain HTTP is a TLS server refusing it (Go's "client
+                // sent an HTTP request to an HTTPS server"): then the HTTPS
+                // failure is the real story (e.g. a CA that is not trusted).
                 (Ok(status), Some(first)) => {
-                    if status.is_success() || status == StatusCode::UNAUTHORIZED {
-                        debug!(host = %host, "HTTPS failed on a loopback registry; it speaks plain HTTP");
-                        return Ok(remote);
+                    if status == StatusCode::BAD_REQUEST {
+                        return Err(first);
                     }
-                    return Err(first);
+                    debug!(host = %host, "HTTPS failed on a loopback registry; it speaks plain HTTP");
+                    return Ok(remote);
                 }
                 (Err(e @ Error::Http { .. }), None) if schemes.len() > 1 => https_error = Some(e),
+                // Plain HTTP answered, with an error status: that is the story.
+                (Err(e @ (Error::Status { .. } | Error::RateLimited { .. })), Some(_)) => {
+                    return Err(e);
+                }
                 (Err(e), first) => return Err(first.unwrap_or(e)),
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod oci;
+pub mod proxy;
 pub mod registry;
 pub mod tls;
 pub mod token;
