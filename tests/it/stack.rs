@@ -256,6 +256,46 @@ fn a_second_image_sharing_the_base_extracts_only_its_new_layers() {
 }
 
 #[test]
+fn the_mount_2_path_for_kernels_before_6_8_mounts_with_short_names() {
+    let env = Env::new();
+    let layout = env.path("l60");
+    write_layout(&layout, "t", &many_layers(60), &["/x"]);
+    let rootfs = env.path("r60");
+    run_ok(env.strata().env("STRATA_MOUNT_API", "legacy").args([
+        "-q",
+        "pull-and-mount",
+        "--rw",
+        &format!("oci:{}:t", layout.display()),
+        rootfs.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read_to_string(rootfs.join("top")).unwrap(), "59");
+    std::fs::write(rootfs.join("written"), b"w").unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(rootfs.to_str().unwrap()))
+        .unwrap();
+    assert!(
+        !line.contains("/layers/"),
+        "lowerdir should use the short l/ names: {line}"
+    );
+    run_ok(env.strata().args(["umount", rootfs.to_str().unwrap()]));
+    // Past one page of options the error says what to do.
+    let big = env.path("l500");
+    write_layout(&big, "t", &many_layers(500), &["/x"]);
+    let (_, stderr) = run_err(env.strata().env("STRATA_MOUNT_API", "legacy").args([
+        "-q",
+        "pull-and-mount",
+        &format!("oci:{}:t", big.display()),
+        env.path("r500").to_str().unwrap(),
+    ]));
+    assert!(
+        stderr.contains("do not fit mount(2)'s one page") && stderr.contains("strata flatten"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn images_of_60_129_and_500_layers_mount_and_501_is_refused_clearly() {
     let env = Env::new();
     for n in [60, 129, 500] {

@@ -25,6 +25,10 @@ pub struct MountSpec {
     pub layers: Vec<PathBuf>,
     /// Upper and work directories for a writable mount.
     pub upper: Option<(PathBuf, PathBuf)>,
+    /// For kernels without `lowerdir+` (before 6.8): a directory holding short
+    /// symlinks to the layers, one per entry of `layers`, in the same order,
+    /// so that the whole `lowerdir=` string fits mount(2)'s one page.
+    pub short_links: Option<(PathBuf, Vec<String>)>,
 }
 
 /// How a spec is carried out.
@@ -94,6 +98,10 @@ pub fn mount(spec: &MountSpec) -> Result<()> {
             )
         }
         Plan::Overlay { lowers, upper } => {
+            let legacy = std::env::var_os("STRATA_MOUNT_API").is_some_and(|v| v == "legacy");
+            if legacy {
+                return mount_legacy(spec, upper.as_ref());
+            }
             let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
                 let reason = match e {
                     rustix::io::Errno::NODEV => "the kernel has no overlayfs (try `modprobe overlay`), or use `strata flatten`".to_owned(),
@@ -110,8 +118,15 @@ pub fn mount(spec: &MountSpec) -> Result<()> {
                     )
                 })
             };
-            for lower in &lowers {
-                set("lowerdir+", lower)?;
+            for (i, lower) in lowers.iter().enumerate() {
+                match fsconfig_set_string(&fs, "lowerdir+", lower) {
+                    Ok(()) => {}
+                    // Before Linux 6.8 there is no `lowerdir+`.
+                    Err(rustix::io::Errno::INVAL) if i == 0 && spec.short_links.is_some() => {
+                        return mount_legacy(spec, upper.as_ref());
+                    }
+                    Err(_) => set("lowerdir+", lower)?,
+                }
             }
             if let Some((upper, work)) = &upper {
                 set("upperdir", upper)?;
@@ -144,6 +159,54 @@ pub fn mount(spec: &MountSpec) -> Result<()> {
             .map_err(|e| mount_error(target, "attaching the mount", e))
         }
     }
+}
+
+/// mount(2) with `lowerdir=a:b:c` of short names relative to the links
+/// directory (the process changes into it for the call, as Docker's `l/`
+/// links do): kernels before 6.8 take the options in one page.
+fn mount_legacy(spec: &MountSpec, upper: Option<&(PathBuf, PathBuf)>) -> Result<()> {
+    let target = &spec.target;
+    let Some((dir, names)) = &spec.short_links else {
+        return Err(Error::Mount {
+            path: target.clone(),
+            reason: "this kernel has no `lowerdir+` and no short layer links were given".into(),
+            source: None,
+        });
+    };
+    let mut data = String::from("lowerdir=");
+    data.push_str(&names.iter().rev().cloned().collect::<Vec<_>>().join(":"));
+    if let Some((up, work)) = upper {
+        data.push_str(&format!(
+            ",upperdir={},workdir={}",
+            up.display(),
+            work.display()
+        ));
+    }
+    data.push_str(",index=off");
+    const PAGE: usize = 4096;
+    if data.len() >= PAGE {
+        return Err(Error::Mount {
+            path: target.clone(),
+            reason: format!(
+                "{} layers do not fit mount(2)'s one page of options on this kernel (Linux < 6.8 has no `lowerdir+`); use `strata flatten`",
+                names.len()
+            ),
+            source: None,
+        });
+    }
+    let target_abs = std::path::absolute(target).map_err(|e| Error::io("resolving", target, e))?;
+    let previous =
+        std::env::current_dir().map_err(|e| Error::io("reading the working directory", ".", e))?;
+    std::env::set_current_dir(dir).map_err(|e| Error::io("entering", dir, e))?;
+    let flags = if upper.is_some() {
+        MountFlags::empty()
+    } else {
+        MountFlags::RDONLY
+    };
+    let data = std::ffi::CString::new(data).expect("paths hold no NUL");
+    let result = rustix::mount::mount("overlay", &target_abs, "overlay", flags, data.as_c_str());
+    let _ = std::env::set_current_dir(previous);
+    result.map_err(|e| mount_error(target, permission_hint(e, "overlay mount (mount(2))"), e))
 }
 
 fn permission_hint(e: rustix::io::Errno, what: &str) -> String {
@@ -218,6 +281,7 @@ mod tests {
             target: "/mnt".into(),
             layers: (0..n).map(|i| PathBuf::from(format!("/s/l{i}"))).collect(),
             upper: rw.then(|| ("/s/u".into(), "/s/w".into())),
+            short_links: None,
         }
     }
 

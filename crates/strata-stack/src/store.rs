@@ -269,6 +269,43 @@ impl Store {
         self.layer_root(chain_id).join("diff")
     }
 
+    /// The directory of short layer links (`l/`), for mount(2) on kernels
+    /// without `lowerdir+`.
+    #[must_use]
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("l")
+    }
+
+    /// A short name in [`Store::links_dir`] for a layer: a symlink
+    /// `l/<12 hex>` → `../layers/<chain hex>/diff`, made if missing.
+    ///
+    /// # Errors
+    /// When the link cannot be made, or another layer holds the name.
+    pub fn short_link(&self, chain_id: &str) -> Result<String> {
+        let hex = hex_of(chain_id);
+        let name = hex[..12.min(hex.len())].to_owned();
+        let dir = self.links_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        let link = dir.join(&name);
+        let target = PathBuf::from(format!("../layers/{hex}/diff"));
+        match std::fs::read_link(&link) {
+            Ok(existing) if existing == target => return Ok(name),
+            Ok(_) => {
+                return Err(Error::io(
+                    "creating the short link",
+                    &link,
+                    std::io::Error::other("the name is taken by another layer"),
+                ));
+            }
+            Err(_) => {}
+        }
+        match std::os::unix::fs::symlink(&target, &link) {
+            Ok(()) => Ok(name),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(name),
+            Err(e) => Err(Error::io("creating the short link", &link, e)),
+        }
+    }
+
     /// Whether a complete layer with this chain id is in the store.
     #[must_use]
     pub fn has_layer(&self, chain_id: &str) -> bool {
@@ -529,6 +566,14 @@ impl Store {
             report.freed_bytes += dir_size(&doomed);
             remove_tree(&doomed)?;
             report.removed.push(format!("sha256:{name}"));
+        }
+        // Short links of removed layers dangle now.
+        if let Ok(links) = std::fs::read_dir(self.links_dir()) {
+            for link in links.flatten() {
+                if !link.path().exists() {
+                    let _ = std::fs::remove_file(link.path());
+                }
+            }
         }
         self.clean_tmp()?;
         Ok(report)

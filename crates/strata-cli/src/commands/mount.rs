@@ -135,10 +135,15 @@ fn mount_image(
     };
     // The record first: gc never removes the layers of a mount being made.
     store.put_mount(&mount_record)?;
+    let short_links = chain_ids
+        .iter()
+        .map(|c| store.short_link(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let spec = MountSpec {
         target: mountpoint.clone(),
         layers: chain_ids.iter().map(|c| store.layer_dir(c)).collect(),
         upper: upper.clone(),
+        short_links: Some((store.links_dir(), short_links)),
     };
     if let Err(e) = strata_stack::mount(&spec) {
         let _ = store.remove_mount(&id, false);
