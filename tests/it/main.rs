@@ -8,6 +8,7 @@
 
 mod util;
 
+mod hostile;
 mod inspect;
 mod layers;
 mod limits;

@@ -17,6 +17,11 @@ pub const INTEGRITY: u8 = 4;
 #[must_use]
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if let Some(strata_layer::Error::DiffIdMismatch { .. }) =
+            cause.downcast_ref::<strata_layer::Error>()
+        {
+            return INTEGRITY;
+        }
         let registry = cause.downcast_ref::<RegistryError>().or_else(|| {
             cause
                 .downcast_ref::<std::io::Error>()
