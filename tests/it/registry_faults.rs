@@ -353,3 +353,45 @@ fn a_redirect_to_another_host_does_not_leak_the_authorization_header() {
         "the registry itself should get the credentials"
     );
 }
+
+#[test]
+fn a_warm_pull_asks_the_registry_only_for_the_tag_digest() {
+    let server = start(Fault::Status(200, 0));
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("{}/{REPO}:latest", server.server.addr);
+    let pull = || {
+        crate::util::run_ok(
+            crate::util::strata()
+                .arg("--store")
+                .arg(store.path())
+                .args([
+                    "--plain-http",
+                    "--creds",
+                    &format!("{USER}:{PASSWORD}"),
+                    "--json",
+                    "pull",
+                    &reference,
+                ]),
+        )
+    };
+    let first: serde_json::Value = serde_json::from_slice(&pull()).unwrap();
+    assert_eq!(first["extracted"], 4);
+    server.log.lock().unwrap().clear();
+    let second: serde_json::Value = serde_json::from_slice(&pull()).unwrap();
+    assert_eq!(second["extracted"], 0);
+    assert_eq!(second["digest"], first["digest"]);
+    let asked: Vec<String> = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.header("authorization").is_some())
+        .map(|r| format!("{} {}", r.method, r.path()))
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.starts_with("HEAD ") || r == "GET /v2/"),
+        "a warm pull fetched more than the tag's digest: {asked:?}"
+    );
+}

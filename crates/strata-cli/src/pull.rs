@@ -55,7 +55,31 @@ struct Extracted {
 /// Pulls `image` into the store unless every layer is there already.
 pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
     let started = Instant::now();
-    let (source, resolved, platform) = ctx.resolve(image)?;
+    let name = store_name(image);
+    let source = ctx.open_source(image)?;
+    let platform = ctx.platform()?;
+    // Warm: the registry's HEAD names what we already hold; fetch nothing.
+    if let Some(top) = source.top_digest()?
+        && let Ok(record) = store.find_image(&name)
+    {
+        let same = record.source_digest.as_deref() == Some(top.as_ref())
+            && record.platform == platform.to_string();
+        if same && record.layers.iter().all(|l| store.has_layer(&l.chain_id)) {
+            ctx.progress.summary(&format!(
+                "{name}: up to date in the store, {}",
+                record.digest
+            ));
+            return Ok(Pulled {
+                record,
+                name,
+                extracted: 0,
+                fetched_bytes: 0,
+            });
+        }
+    }
+    let resolved = source
+        .resolve(&platform)
+        .with_context(|| format!("resolving {image} for {platform}"))?;
     let layers = resolved.layers()?;
     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
     let chains = chain_ids(&diff_ids);
@@ -122,7 +146,6 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
     drop(locks);
 
     let record = image_record(&resolved, &layers, &chains, &platform.to_string());
-    let name = store_name(image);
     store.put_image(&record, std::slice::from_ref(&name))?;
     let elapsed = started.elapsed().as_secs_f64();
     ctx.progress.summary(&format!(
@@ -222,6 +245,14 @@ fn image_record(
 ) -> ImageRecord {
     ImageRecord {
         digest: resolved.manifest.digest.to_string(),
+        source_digest: Some(
+            resolved
+                .index
+                .as_ref()
+                .unwrap_or(&resolved.manifest)
+                .digest
+                .to_string(),
+        ),
         platform: platform.to_owned(),
         manifest: String::from_utf8_lossy(&resolved.manifest.bytes).into_owned(),
         config: String::from_utf8_lossy(&resolved.config_bytes).into_owned(),

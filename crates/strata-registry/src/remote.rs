@@ -72,6 +72,8 @@ enum AuthState {
 }
 
 struct Inner {
+    /// The tag's digest once a `HEAD` found it (asked once per source).
+    head: Mutex<Option<Option<String>>>,
     reference: Reference,
     http: Client,
     base: String,
@@ -231,6 +233,7 @@ impl Remote {
         let mut https_error = None;
         for scheme in schemes {
             let remote = Self(Arc::new(Inner {
+                head: Mutex::new(None),
                 reference: reference.clone(),
                 http: http.clone(),
                 base: format!("{scheme}://{host}"),
@@ -512,6 +515,16 @@ impl Remote {
             .map(str::to_owned))
     }
 
+    fn cached_head_digest(&self, tag: &str) -> Result<Option<String>> {
+        let mut head = self.0.head.lock().expect("head lock poisoned");
+        if let Some(known) = head.as_ref() {
+            return Ok(known.clone());
+        }
+        let found = self.head_digest(tag)?;
+        *head = Some(found.clone());
+        Ok(found)
+    }
+
     fn open_blob_at(&self, url: &str, offset: u64) -> Result<Response> {
         let response = self.send("GET", url, || {
             let req = self.0.http.get(url);
@@ -569,13 +582,23 @@ impl Transport for Remote {
         // Resolve the tag to a digest, then fetch by digest so the bytes are
         // verifiable; registries that do not give the digest on HEAD are
         // fetched by tag.
-        if let Some(digest) = self.head_digest(&tag)? {
+        if let Some(digest) = self.cached_head_digest(&tag)? {
             let digest = crate::digest::parse_digest(&digest)?;
             let raw = self.get_manifest(digest.as_ref(), None)?;
             verify_bytes(&format!("manifest of {reference}"), &digest, &raw.bytes)?;
             return Ok(raw);
         }
         self.get_manifest(&tag, None)
+    }
+
+    fn top_digest(&self) -> Result<Option<oci_spec::image::Digest>> {
+        if let Some(digest) = &self.0.reference.digest {
+            return Ok(Some(digest.clone()));
+        }
+        let tag = self.0.reference.manifest_reference();
+        self.cached_head_digest(&tag)?
+            .map(|d| crate::digest::parse_digest(&d))
+            .transpose()
     }
 
     fn manifest(&self, descriptor: &Descriptor) -> Result<RawManifest> {

@@ -76,6 +76,11 @@ pub(crate) trait Transport: Send + Sync {
     fn manifest(&self, descriptor: &Descriptor) -> Result<RawManifest>;
     /// A blob's bytes, not yet verified.
     fn blob(&self, descriptor: &Descriptor) -> Result<Box<dyn Read + Send>>;
+    /// The digest of what the reference names, if it can be had cheaply
+    /// (a registry's `HEAD`); `None` otherwise.
+    fn top_digest(&self) -> Result<Option<Digest>> {
+        Ok(None)
+    }
 }
 
 /// An opened image source: a registry repository, an OCI layout (directory or
@@ -177,6 +182,17 @@ impl ImageSource {
     #[must_use]
     pub fn reference(&self) -> &ImageRef {
         &self.reference
+    }
+
+    /// The digest of the manifest or index the reference names, when the
+    /// source gives it without sending the manifest (a registry's `HEAD`,
+    /// which Docker Hub does not count against pull limits). Lets a caller
+    /// that already holds the image skip fetching it again.
+    ///
+    /// # Errors
+    /// Network, auth, not found.
+    pub fn top_digest(&self) -> Result<Option<Digest>> {
+        self.transport.top_digest()
     }
 
     /// The manifest or index the reference names, as the source holds it

@@ -68,6 +68,11 @@ pub struct ImageLayer {
 pub struct ImageRecord {
     /// The platform manifest's digest.
     pub digest: String,
+    /// The digest of what the reference named (the index, for a
+    /// multi-platform image; else the manifest): a warm pull matches it
+    /// against the registry's `HEAD` and fetches nothing.
+    #[serde(default)]
+    pub source_digest: Option<String>,
     /// The platform it was resolved for (`os/arch[/variant]`).
     pub platform: String,
     /// The manifest, as the source held it.
@@ -624,6 +629,7 @@ mod tests {
     fn record(digest: &str, chain: &str) -> ImageRecord {
         ImageRecord {
             digest: digest.into(),
+            source_digest: None,
             platform: "linux/amd64".into(),
             manifest: "{}".into(),
             config: "{}".into(),
