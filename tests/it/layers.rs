@@ -5,19 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use strata_layer::{Compression, DirSource, Mode, Options, apply_source, extract, fix_up};
+use strata_cli::pull::layer_compression;
+use strata_layer::{DirSource, Mode, Options, apply_source, extract, fix_up};
 use strata_registry::{ArchiveImage, ImageRef, ImageSource, Platform};
 
 use crate::util::tree::{assert_same, manifest};
-use crate::util::{busybox_layout, debian_layout, fast_options, real_images_dir, require_tool};
-
-fn compression(media_type: &str) -> Option<Compression> {
-    strata_registry::layer_compression(media_type).map(|c| match c {
-        strata_registry::Compression::None => Compression::None,
-        strata_registry::Compression::Gzip => Compression::Gzip,
-        strata_registry::Compression::Zstd => Compression::Zstd,
-    })
-}
+use crate::util::{
+    archive_image_count, busybox_layout, debian_layout, fast_options, real_images_dir, require_tool,
+};
 
 /// Extracts every layer of `reference` in overlay mode, each into its own
 /// directory under `dir` (fixed up against the ones below), and also applies
@@ -29,7 +24,7 @@ fn unpack_both_ways(reference: &ImageRef, dir: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(&flat).unwrap();
     let mut layer_dirs: Vec<PathBuf> = Vec::new();
     for (i, layer) in image.layers().unwrap().iter().enumerate() {
-        let hint = compression(layer.descriptor.media_type().as_ref());
+        let hint = layer_compression(layer.descriptor.media_type().as_ref());
         let diff_id = layer.diff_id.to_string();
         let target = dir.join(format!("layer{i}"));
         std::fs::create_dir_all(&target).unwrap();
@@ -151,17 +146,7 @@ fn every_layer_of_the_docker_save_archives_extracts_and_matches_umoci() {
         "she-image_from_scratch-1.0.tar",
     ] {
         let archive = real_images_dir().join(name);
-        let count = {
-            let out = Command::new("tar")
-                .arg("-xOf")
-                .arg(&archive)
-                .arg("manifest.json")
-                .output()
-                .unwrap();
-            serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
-                .unwrap()
-                .len()
-        };
+        let count = archive_image_count(&archive);
         for n in 0..count {
             // Convert with skopeo into an OCI layout that umoci can read.
             let layout = tmp.path().join(format!("{name}-{n}"));

@@ -6,7 +6,8 @@ use std::process::Command;
 use strata_registry::{ArchiveImage, ImageRef, ImageSource, Platform};
 
 use crate::util::{
-    busybox_layout, fast_options, real_images_dir, require_tool, run_err, run_ok, strata,
+    archive_image_count, busybox_layout, fast_options, real_images_dir, require_tool, run_err,
+    run_ok, strata,
 };
 
 /// Reads every layer of `reference` through verification; returns the layer digests.
@@ -27,18 +28,6 @@ fn read_all_layers(reference: &ImageRef) -> (String, Vec<String>) {
         digests.push(layer.descriptor.digest().to_string());
     }
     (image.parsed_manifest.config().digest().to_string(), digests)
-}
-
-fn archive_image_count(path: &std::path::Path) -> usize {
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(path)
-        .arg("manifest.json")
-        .output()
-        .unwrap();
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
-        .unwrap()
-        .len()
 }
 
 #[test]

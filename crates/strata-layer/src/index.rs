@@ -41,10 +41,13 @@ pub struct Node {
 }
 
 impl Node {
-    fn implied_dir() -> Self {
+    /// A node of `kind` and `mode`, owned by root, empty, at the epoch: an
+    /// implied directory, or a marker (whiteout, opaque) in a listing.
+    #[must_use]
+    pub fn bare(kind: &'static str, mode: u32) -> Self {
         Self {
-            kind: "dir",
-            mode: 0o755,
+            kind,
+            mode,
             uid: 0,
             gid: 0,
             size: 0,
@@ -52,6 +55,10 @@ impl Node {
             digest: None,
             target: None,
         }
+    }
+
+    fn implied_dir() -> Self {
+        Self::bare("dir", 0o755)
     }
 
     /// Whether two nodes differ in content or metadata (mtime aside:

@@ -37,6 +37,24 @@ pub fn real_images_dir() -> PathBuf {
     dir
 }
 
+/// How many images a `docker save` archive holds (its manifest.json, read with tar).
+pub fn archive_image_count(path: &Path) -> usize {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(path)
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} has no manifest.json",
+        path.display()
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .len()
+}
+
 /// Fails the test, loudly, when a tool it needs is not installed.
 pub fn require_tool(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")

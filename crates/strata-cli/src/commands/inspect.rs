@@ -337,16 +337,7 @@ pub fn run_ls(args: &LsArgs, ctx: &Context, out: &mut Output) -> Result<()> {
 }
 
 fn marker(kind: &'static str) -> Node {
-    Node {
-        kind,
-        mode: 0,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: 0,
-        digest: None,
-        target: None,
-    }
+    Node::bare(kind, 0)
 }
 
 /// `which`.
@@ -603,16 +594,7 @@ mod tests {
     fn dates_and_modes() {
         assert_eq!(date(0), "1970-01-01 00:00");
         assert_eq!(date(1_700_000_000), "2023-11-14 22:13");
-        let node = |kind, mode| Node {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: 0,
-            digest: None,
-            target: None,
-        };
+        let node = Node::bare;
         assert_eq!(mode_string(&node("dir", 0o1777)), "drwxrwxrwt");
         assert_eq!(mode_string(&node("file", 0o4755)), "-rwsr-xr-x");
         assert_eq!(mode_string(&node("file", 0o2644)), "-rw-r-Sr--");
