@@ -17,6 +17,7 @@ use tracing::warn;
 
 use crate::entry::{Entry, EntrySource, Kind};
 use crate::names::{Name, classify, clean};
+use crate::tree::ContentHashes;
 use crate::{Error, Fixups, Mode, Options, OverlayXattr, Result, Summary, sys};
 
 const COPY_BUFFER: usize = 256 << 10;
@@ -39,6 +40,8 @@ pub(crate) struct Writer<'o> {
     summary: Summary,
     warned_devices: bool,
     buffer: Vec<u8>,
+    /// Content hashes of the files written, when the options ask for them.
+    content: Option<ContentHashes>,
 }
 
 fn uid(n: u64) -> Option<Uid> {
@@ -75,6 +78,7 @@ impl<'o> Writer<'o> {
             summary: Summary::default(),
             warned_devices: false,
             buffer: vec![0; COPY_BUFFER],
+            content: opts.content_hashes.then(ContentHashes::default),
         })
     }
 
@@ -314,6 +318,9 @@ impl<'o> Writer<'o> {
         if existing.is_some() && !keep_dir {
             sys::remove_all_at(&pfd, name).map_err(|e| Error::io("replacing", path, e))?;
         }
+        if let Some(content) = &mut self.content {
+            content.remove(path);
+        }
         match &entry.kind {
             Kind::Hardlink(target) => {
                 let target = clean(target)?;
@@ -342,6 +349,11 @@ impl<'o> Writer<'o> {
                         ),
                     )
                 })?;
+                if let Some(content) = &mut self.content
+                    && let Some((size, hash)) = content.get(&target)
+                {
+                    content.insert(path, size, blake3::Hash::from_bytes(hash));
+                }
             }
             Kind::File => {
                 let fd = rfs::openat(
@@ -356,10 +368,16 @@ impl<'o> Writer<'o> {
                 )
                 .map_err(|e| Error::io("creating", path, e))?;
                 let mut file = std::fs::File::from(fd);
-                copy(data, &mut file, &mut self.buffer).map_err(|e| match e {
-                    CopyError::Read(e) => crate::entry::stream_error(e),
-                    CopyError::Write(e) => Error::io("writing", path, e),
-                })?;
+                let mut hasher = self.content.as_ref().map(|_| blake3::Hasher::new());
+                let size = copy(data, &mut file, &mut self.buffer, hasher.as_mut()).map_err(
+                    |e| match e {
+                        CopyError::Read(e) => crate::entry::stream_error(e),
+                        CopyError::Write(e) => Error::io("writing", path, e),
+                    },
+                )?;
+                if let (Some(content), Some(hasher)) = (&mut self.content, hasher) {
+                    content.insert(path, size, hasher.finalize());
+                }
                 self.own(&file, entry, path)?;
                 rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))
                     .map_err(|e| Error::io("setting the mode of", path, e))?;
@@ -516,6 +534,7 @@ impl<'o> Writer<'o> {
             rfs::futimens(&fd, &sys::times(*mtime, 0))
                 .map_err(|e| Error::io("setting the mtime of", path, e))?;
         }
+        self.summary.content = self.content.take().unwrap_or_default();
         self.summary.fixups = Fixups {
             implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
             lower_links: std::mem::take(&mut self.lower_links),
@@ -566,6 +585,7 @@ fn copy(
     from: &mut dyn Read,
     to: &mut std::fs::File,
     buffer: &mut [u8],
+    mut hasher: Option<&mut blake3::Hasher>,
 ) -> std::result::Result<u64, CopyError> {
     let mut total = 0;
     loop {
@@ -576,6 +596,9 @@ fn copy(
             Err(e) => return Err(CopyError::Read(e)),
         };
         to.write_all(&buffer[..n]).map_err(CopyError::Write)?;
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&buffer[..n]);
+        }
         total += n as u64;
     }
 }

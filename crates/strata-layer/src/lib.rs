@@ -29,6 +29,7 @@ mod names;
 mod sys;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub use error::{Error, Result};
 pub use fixup::fix_up;
 pub use index::{ChangeKind, LayerIndex, Merged, Node, Visible, index_source, index_stream, merge};
 pub use sys::running_as_root;
+pub use tree::{ContentHashes, tree_digest};
 
 /// How whiteouts are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +78,9 @@ pub struct Options {
     pub max_bytes: u64,
     /// Stop a layer with more entries than this.
     pub max_entries: u64,
+    /// Hash each file's content while writing it ([`Summary::content`]), so
+    /// that [`tree_digest`] of the result need not read it back.
+    pub content_hashes: bool,
 }
 
 impl Default for Options {
@@ -85,6 +90,7 @@ impl Default for Options {
             overlay_xattr: OverlayXattr::Trusted,
             max_bytes: DEFAULT_MAX_BYTES,
             max_entries: DEFAULT_MAX_ENTRIES,
+            content_hashes: false,
         }
     }
 }
@@ -124,6 +130,8 @@ pub struct Summary {
     pub diff_id: String,
     /// Work left for [`fix_up`] (overlay mode).
     pub fixups: Fixups,
+    /// What [`Options::content_hashes`] asked for (else empty).
+    pub content: ContentHashes,
 }
 
 /// Extracts one layer stream into `target`, which must exist.

@@ -167,3 +167,29 @@ pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// All extended attributes of a path, not following a final symlink (a
+/// symlink or a device node must not be opened to read them).
+pub(crate) fn xattrs_nofollow(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let size = match rfs::llistxattr_query(path) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; size];
+    let n = rfs::llistxattr(path, &mut names[..])?;
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let len = rfs::lgetxattr_query(path, name.as_str())?;
+        let mut value = vec![0u8; len];
+        let got = rfs::lgetxattr(path, name.as_str(), &mut value[..])?;
+        value.truncate(got);
+        out.push((name, value));
+    }
+    out.sort();
+    Ok(out)
+}

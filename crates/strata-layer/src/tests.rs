@@ -1116,3 +1116,85 @@ fn a_layer_directory_applies_like_its_tar() {
     );
     assert_eq!(n.ino(), n2.ino());
 }
+
+/// The digest recorded from the hashes taken while writing equals the one
+/// read back from disk (what fsck recomputes), whatever the entries did, and
+/// any change to content or metadata changes it.
+#[test]
+fn tree_digest_from_extraction_matches_a_full_read_and_sees_changes() {
+    require_root();
+    let lower = dir();
+    layer(
+        &[E::File("old", b"lower content")],
+        lower.path(),
+        Mode::Overlay,
+    )
+    .unwrap();
+    let d = dir();
+    let entries = [
+        E::File("a/f", b"first"),
+        E::File("a/f", b"replaced by a later entry"),
+        E::Link("a/hard", "a/f"),
+        E::Link("from-lower", "old"),
+        E::File("gone/x", b"x"),
+        E::File(".wh.gone", b""),
+        E::File("empty", b""),
+        E::Sym("s", "a/f"),
+        E::Char("dev", 1, 3),
+        E::Xattr("x", b"with xattr", "user.k", b"v"),
+        E::File("implied/deep/y", b"y"),
+    ];
+    let options = Options {
+        content_hashes: true,
+        ..opts(Mode::Overlay)
+    };
+    let summary = extract(
+        std::io::Cursor::new(tar_of(&entries)),
+        None,
+        None,
+        d.path(),
+        &options,
+    )
+    .unwrap();
+    fix_up(d.path(), &summary.fixups, &[lower.path()]).unwrap();
+    assert!(!summary.content.is_empty());
+    let recorded = crate::tree_digest(d.path(), &summary.content).unwrap();
+    let none = crate::ContentHashes::default();
+    assert_eq!(crate::tree_digest(d.path(), &none).unwrap(), recorded);
+    assert!(recorded.starts_with("blake3:") && recorded.len() == 7 + 64);
+
+    // Same size, one byte different.
+    let f = d.path().join("a/f");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let changed = crate::tree_digest(d.path(), &none).unwrap();
+    assert_ne!(changed, recorded, "a flipped byte is seen");
+    bytes[0] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(crate::tree_digest(d.path(), &none).unwrap(), recorded);
+
+    std::fs::set_permissions(
+        d.path().join("empty"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert_ne!(
+        crate::tree_digest(d.path(), &none).unwrap(),
+        recorded,
+        "a mode change is seen"
+    );
+}
