@@ -10,11 +10,13 @@
 
 mod chain;
 mod error;
+mod fsck;
 mod mount;
 mod store;
 
 pub use chain::chain_ids;
 pub use error::{Error, Result};
+pub use fsck::{FsckReport, Problem, TreeDigestFn};
 pub use mount::{MAX_LOWER_LAYERS, MountSpec, Plan, is_mountpoint, mount, plan, unmount};
 pub use store::{
     GcReport, ImageLayer, ImageRecord, LayerLock, LayerRecord, MountRecord, Store, TmpLayer,

@@ -46,6 +46,10 @@ pub struct LayerRecord {
     pub whiteouts: u64,
     /// Opaque markers.
     pub opaque_dirs: u64,
+    /// The digest of `diff/` as it was committed (strata-layer's
+    /// `tree_digest`), which `strata fsck` checks it against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_digest: Option<String>,
 }
 
 /// One layer of a stored image.
@@ -128,11 +132,11 @@ pub struct TmpLayer {
     committed: bool,
 }
 
-fn hex_of(digest: &str) -> &str {
+pub(crate) fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
-fn valid_hex(hex: &str) -> bool {
+pub(crate) fn valid_hex(hex: &str) -> bool {
     hex.len() == 64
         && hex
             .bytes()
@@ -149,13 +153,16 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-/// Writes `bytes` to `path` atomically (temp file + rename), unless the file
-/// already holds exactly them (a warm pull rewrites nothing).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically (temp file in `tmp_dir` + rename),
+/// unless the file already holds exactly them (a warm pull rewrites
+/// nothing). The temp file lives in the store's `tmp/`, so that a kill
+/// between write and rename leaves nothing beside the records.
+fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: &Path) -> Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = tmp_dir.join(format!(".{name}.{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(|e| Error::io("writing", &tmp, e))?;
     f.write_all(bytes)
         .map_err(|e| Error::io("writing", &tmp, e))?;
@@ -163,7 +170,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -193,10 +200,15 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes a directory tree, making read-only directories writable first
-/// (a layer may hold mode-0555 directories).
+/// Removes a directory tree (or a file: `tmp/` holds both).
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(path) {
+    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let removed = if is_dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("removing", path, e)),
@@ -264,7 +276,11 @@ impl Store {
         &self.root
     }
 
-    fn layer_root(&self, chain_id: &str) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn layer_root(&self, chain_id: &str) -> PathBuf {
         self.root.join("layers").join(hex_of(chain_id))
     }
 
@@ -374,7 +390,7 @@ impl Store {
             .join("images")
             .join(format!("{}.json", hex_of(&record.digest)));
         let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
-        write_atomic(&path, &bytes)?;
+        write_atomic(&path, &bytes, &self.tmp_dir())?;
         self.update_refs(|refs| {
             for name in names {
                 refs.insert(name.clone(), record.digest.clone());
@@ -382,7 +398,10 @@ impl Store {
         })
     }
 
-    fn update_refs(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<()> {
+    pub(crate) fn update_refs(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> Result<()> {
         let lock_path = self.root.join("refs.lock");
         let lock = open_lock_file(&lock_path)?;
         lock.lock()
@@ -392,6 +411,7 @@ impl Store {
         write_atomic(
             &self.root.join("refs.json"),
             &serde_json::to_vec_pretty(&refs).expect("refs serialise"),
+            &self.tmp_dir(),
         )
     }
 
@@ -489,6 +509,7 @@ impl Store {
         write_atomic(
             &dir.join("mount.json"),
             &serde_json::to_vec_pretty(record).expect("records serialise"),
+            &self.tmp_dir(),
         )
     }
 
@@ -533,6 +554,12 @@ impl Store {
     /// # Errors
     /// When the store cannot be locked, read or cleaned.
     pub fn gc(&self) -> Result<GcReport> {
+        self.exclusively(|| self.gc_locked())
+    }
+
+    /// Runs `f` while no other strata process uses the store (waiting for
+    /// them), then goes back to sharing it.
+    pub(crate) fn exclusively<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let lock_path = self.root.join("lock");
         self.lock
             .unlock()
@@ -540,7 +567,7 @@ impl Store {
         self.lock
             .lock()
             .map_err(|e| Error::io("locking", &lock_path, e))?;
-        let result = self.gc_locked();
+        let result = f();
         let _ = self.lock.unlock();
         self.lock
             .lock_shared()
@@ -564,12 +591,7 @@ impl Store {
             if live.contains(&name) {
                 continue;
             }
-            // Move aside first so a half-removed layer is never seen as whole.
-            let doomed = self.root.join("tmp").join(format!("gc-{name}"));
-            std::fs::rename(entry.path(), &doomed)
-                .map_err(|e| Error::io("removing", entry.path(), e))?;
-            report.freed_bytes += dir_size(&doomed);
-            remove_tree(&doomed)?;
+            report.freed_bytes += self.remove_layer_dir(&name)?;
             report.removed.push(format!("sha256:{name}"));
         }
         // Short links of removed layers dangle now.
@@ -582,6 +604,19 @@ impl Store {
         }
         self.clean_tmp()?;
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Removes `layers/<name>`, moving it aside first so that a
+    /// half-removed layer is never seen as whole. Returns the bytes freed.
+    pub(crate) fn remove_layer_dir(&self, name: &str) -> Result<u64> {
+        let path = self.root.join("layers").join(name);
+        let doomed = self.tmp_dir().join(format!("gone-{name}"));
+        std::fs::rename(&path, &doomed).map_err(|e| Error::io("removing", &path, e))?;
+        let freed = dir_size(&doomed);
+        remove_tree(&doomed)?;
+        Ok(freed)
     }
 }
 
@@ -600,6 +635,7 @@ impl TmpLayer {
         write_atomic(
             &self.dir.join("layer.json"),
             &serde_json::to_vec_pretty(record).expect("records serialise"),
+            &self.dir,
         )?;
         match std::fs::rename(&self.dir, &self.dest) {
             Ok(()) => {}
@@ -657,6 +693,7 @@ mod tests {
             entries: 1,
             whiteouts: 0,
             opaque_dirs: 0,
+            tree_digest: None,
         };
         tmp.commit(&rec).unwrap();
     }
@@ -672,10 +709,12 @@ mod tests {
             std::fs::write(tmp.diff().join("half"), b"").unwrap();
             assert!(!store.has_layer(&a));
             std::mem::forget(tmp); // as if killed
+            // A record write killed before its rename.
+            std::fs::write(store.tmp_dir().join(".refs.json.1"), b"{").unwrap();
         }
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            1
+            2
         );
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
