@@ -18,6 +18,7 @@ mod registry_auth;
 mod registry_faults;
 mod registry_pull;
 mod stack;
+mod store_integrity;
 
 #[cfg(feature = "internet-tests")]
 mod internet;

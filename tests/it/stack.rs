@@ -2,88 +2,15 @@
 //! mounts: pull-and-mount, --rw, shared layers, hundreds of layers, kills,
 //! concurrent pulls, flatten, bundle + runc.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::oci::{many_layers, tar_of, write_layout};
+use crate::util::oci::{big_layer, many_layers, tar_of, write_layout};
 use crate::util::registry::Registry;
+use crate::util::store_env::{Env, is_mounted};
 use crate::util::tree::{assert_same, manifest};
 use crate::util::{busybox_layout, real_images_dir, require_tool, run_err, run_ok, strata};
-
-fn require_root() {
-    assert!(
-        strata_layer::running_as_root(),
-        "mount tests need root (CI runs `just test` as root; locally: sudo -E just test)"
-    );
-}
-
-/// A store and a scratch area, unmounting whatever is left on drop.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        require_root();
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn strata(&self) -> Command {
-        let mut c = strata();
-        c.arg("--store").arg(self.store());
-        c
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = run_ok(self.strata().arg("--json").args(args));
-        serde_json::from_slice(&out)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out)))
-    }
-
-    fn layer_dirs_complete(&self) {
-        for entry in std::fs::read_dir(self.store().join("layers")).unwrap() {
-            let dir = entry.unwrap().path();
-            assert!(
-                dir.join("layer.json").is_file() && dir.join("diff").is_dir(),
-                "partial layer in the store: {}",
-                dir.display()
-            );
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let root = self.dir.path().to_string_lossy().into_owned();
-        for line in info.lines().rev() {
-            if let Some(mp) = line.split(' ').nth(4)
-                && mp.starts_with(&root)
-            {
-                let _ = rustix::mount::unmount(mp, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let path = std::fs::canonicalize(path).unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
-}
 
 #[test]
 fn pull_and_mount_from_a_registry_then_chroot_and_umount() {
@@ -350,19 +277,6 @@ fn images_of_60_129_and_500_layers_mount_and_501_is_refused_clearly() {
 }
 
 /// A layer big enough that a pull takes a while: incompressible bytes.
-fn big_layer(mb: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let data: Vec<u8> = (0..mb << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    tar_of(&[("big/", b""), ("big/blob", &data)])
-}
-
 #[test]
 fn kill_9_during_a_pull_leaves_no_partial_layer_and_the_next_pull_succeeds() {
     let env = Env::new();

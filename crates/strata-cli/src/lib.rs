@@ -80,6 +80,8 @@ pub enum Command {
     Rm(commands::images::RmArgs),
     /// Remove layers no image or mount uses
     Gc,
+    /// Verify the store: layer contents and records
+    Fsck(commands::fsck::FsckArgs),
     /// Show an image's config and layer table
     Inspect(commands::inspect::InspectArgs),
     /// List the merged tree or one layer's entries
@@ -136,6 +138,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Images => commands::images::run_images(&ctx, &mut out),
         Command::Rm(args) => commands::images::run_rm(args, &ctx, &mut out),
         Command::Gc => commands::images::run_gc(&ctx, &mut out),
+        Command::Fsck(args) => commands::fsck::run(args, &ctx, &mut out),
         Command::Inspect(args) => commands::inspect::run_inspect(args, &ctx, &mut out),
         Command::Ls(args) => commands::inspect::run_ls(args, &ctx, &mut out),
         Command::Which(args) => commands::inspect::run_which(args, &ctx, &mut out),

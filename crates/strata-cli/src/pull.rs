@@ -129,6 +129,8 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
                 layers[i].descriptor.digest()
             )
         })?;
+        let tree_digest = strata_layer::tree_digest(&tmp.diff(), &summary.content)
+            .with_context(|| format!("recording the tree digest of layer {i} of {image}"))?;
         let descriptor = &layers[i].descriptor;
         tmp.commit(&LayerRecord {
             chain_id: chain.clone(),
@@ -140,6 +142,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             entries: summary.entries,
             whiteouts: summary.whiteouts,
             opaque_dirs: summary.opaque_dirs,
+            tree_digest: Some(tree_digest),
         })
         .with_context(|| format!("storing layer {i} of {image}"))?;
     }
@@ -176,7 +179,10 @@ fn extract_all(
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<Result<Extracted>>>> =
         locks.iter().map(|_| Mutex::new(None)).collect();
-    let options = LayerOptions::default();
+    let options = LayerOptions {
+        content_hashes: true,
+        ..LayerOptions::default()
+    };
     let workers = ctx.jobs().min(locks.len());
     std::thread::scope(|scope| {
         for _ in 0..workers {

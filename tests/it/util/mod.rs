@@ -9,6 +9,7 @@ pub mod http;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
+pub mod store_env;
 pub mod tls;
 pub mod token;
 pub mod tree;

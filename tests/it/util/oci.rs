@@ -85,3 +85,17 @@ pub fn many_layers(n: usize) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// A layer holding `big/blob`: `mb` MiB of incompressible bytes from `seed`.
+pub fn big_layer(mb: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let data: Vec<u8> = (0..mb << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    tar_of(&[("big/", b""), ("big/blob", &data)])
+}

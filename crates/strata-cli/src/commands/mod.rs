@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod config;
 pub mod flatten;
+pub mod fsck;
 pub mod images;
 pub mod inspect;
 pub mod manifest;
