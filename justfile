@@ -48,3 +48,17 @@ demo:
 # Benchmark strata against skopeo+umoci, containerd and plain tar (as root; ~20 min; prints the table)
 bench:
     bash bench/run.sh
+
+# Fuzz each target (reference, manifest, extract) for SECONDS, on stable Rust via RUSTC_BOOTSTRAP (as root; crashes land in fuzz/artifacts/)
+fuzz seconds="600" *targets="reference manifest extract":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    cd fuzz
+    for t in {{targets}}; do
+        mkdir -p corpus/$t
+        seeds=(); [[ -d seeds/$t ]] && seeds=(seeds/$t)
+        echo "== fuzzing $t for {{seconds}} s"
+        RUSTC_BOOTSTRAP=1 cargo fuzz run $t corpus/$t "${seeds[@]}" -- \
+            -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+    done
