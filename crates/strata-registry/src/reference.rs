@@ -274,6 +274,27 @@ pub enum ImageRef {
     },
 }
 
+/// skopeo transports strata does not read; refused by name.
+const UNSUPPORTED_TRANSPORTS: [&str; 5] = [
+    "dir",
+    "containers-storage",
+    "docker-daemon",
+    "ostree",
+    "sif",
+];
+/// Every transport prefix: a registry whose host is one of these prints with
+/// `docker://`, so that what is printed parses back to the same image.
+const TRANSPORTS: [&str; 8] = [
+    "oci",
+    "oci-archive",
+    "docker-archive",
+    "dir",
+    "containers-storage",
+    "docker-daemon",
+    "ostree",
+    "sif",
+];
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let with_tag = |f: &mut fmt::Formatter<'_>, t: &str, p: &PathBuf, tag: &Option<String>| {
@@ -284,6 +305,11 @@ impl fmt::Display for ImageRef {
             Ok(())
         };
         match self {
+            Self::Registry(r)
+                if TRANSPORTS.contains(&r.registry.split(':').next().unwrap_or("")) =>
+            {
+                write!(f, "docker://{r}")
+            }
             Self::Registry(r) => write!(f, "{r}"),
             Self::OciDir { path, tag } => with_tag(f, "oci", path, tag),
             Self::OciArchive { path, tag } => with_tag(f, "oci-archive", path, tag),
@@ -349,16 +375,14 @@ impl FromStr for ImageRef {
             };
             return Ok(Self::DockerArchive { path, image });
         }
-        let rest = input.strip_prefix("docker://").unwrap_or(input);
+        // After an explicit `docker://` a first ':' is a port ("dir:5000").
+        let (rest, explicit) = match input.strip_prefix("docker://") {
+            Some(rest) => (rest, true),
+            None => (input, false),
+        };
         if let Some((transport, _)) = rest.split_once(':')
-            && [
-                "dir",
-                "containers-storage",
-                "docker-daemon",
-                "ostree",
-                "sif",
-            ]
-            .contains(&transport)
+            && !explicit
+            && UNSUPPORTED_TRANSPORTS.contains(&transport)
         {
             return Err(invalid(&format!(
                 "transport {transport:?} is not supported; use a registry reference, oci:DIR, oci-archive:FILE or docker-archive:FILE"
@@ -376,6 +400,27 @@ mod tests {
 
     fn r(s: &str) -> Reference {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// Found by `just fuzz` (reference target): a registry host named like a
+    /// transport printed as that transport's reference.
+    #[test]
+    fn a_registry_named_like_a_transport_prints_back_as_a_registry() {
+        for input in [
+            "docker://docker-archive:000000000000000000000000000000002/2b92427ae41e4649b9981b7852b855",
+            "docker://oci:5000/x",
+            "docker://dir:5000/x:1",
+        ] {
+            let image: ImageRef = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert!(matches!(image, ImageRef::Registry(_)), "{input}");
+            let printed = image.to_string();
+            assert!(printed.starts_with("docker://"), "{printed}");
+            assert_eq!(printed.parse::<ImageRef>().unwrap(), image, "{input}");
+        }
+        assert!(
+            "dir:5000/x".parse::<ImageRef>().is_err(),
+            "without docker:// it is the dir transport"
+        );
     }
 
     #[test]
