@@ -151,3 +151,22 @@ fn pinned_digests_missing_tags_and_bad_references() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("invalid digest"), "{stderr}");
 }
+
+/// A loopback registry is asked over plain HTTP first; where nothing
+/// listens, the error names the address and says the connection was refused
+/// (not a TLS error from the HTTPS second try).
+#[test]
+fn a_loopback_port_where_nothing_listens_is_named_as_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, stderr) = run_err(strata().args(["manifest", &format!("127.0.0.1:{port}/x:1")]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}/v2/"))
+            && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
+    );
+}

@@ -147,6 +147,11 @@ fn transient(error: &reqwest::Error, refused_is_transient: bool) -> bool {
     false
 }
 
+/// Whether an error is a failure to connect at all (nothing listens).
+fn is_connect_error(error: &Error) -> bool {
+    matches!(error, Error::Http { source, .. } if source.is_connect())
+}
+
 /// An error and its causes on one line, for log messages.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -166,7 +171,9 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 /// Debian's and Ubuntu's bundle of the system's trusted CAs (local ones included).
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-pub(crate) fn build_client(opts: &Options) -> Result<Client> {
+/// The HTTP client. `system_roots` adds the system's CA bundle (a file read
+/// and ~150 certificates parsed): a plain-HTTP loopback registry skips it.
+pub(crate) fn build_client(opts: &Options, system_roots: bool) -> Result<Client> {
     let mut builder = Client::builder()
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
@@ -179,7 +186,10 @@ pub(crate) fn build_client(opts: &Options) -> Result<Client> {
     let system_bundle = std::env::var_os("SSL_CERT_FILE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE));
-    if let Ok(pem) = std::fs::read(&system_bundle) {
+    if let Some(pem) = system_roots
+        .then(|| std::fs::read(&system_bundle).ok())
+        .flatten()
+    {
         match reqwest::Certificate::from_pem_bundle(&pem) {
             Ok(certs) => {
                 for cert in certs {
@@ -217,7 +227,14 @@ pub(crate) fn build_client(opts: &Options) -> Result<Client> {
 impl Remote {
     /// Connects: finds the scheme (HTTPS, or plain HTTP where allowed), asks
     /// `/v2/` what authentication the registry wants, and finds credentials.
-    pub(crate) fn open(reference: Reference, opts: &Options, http: Client) -> Result<Self> {
+    ///
+    /// A loopback registry is asked over plain HTTP first (what `docker`
+    /// allows for loopback; the bytes never leave the host and the ping
+    /// carries no credentials): one request instead of a failed TLS
+    /// handshake and a second try. A TLS server answers that with 400 (Go's
+    /// "client sent an HTTP request to an HTTPS server") or hangs up; then
+    /// HTTPS is used, and its failure (e.g. an untrusted CA) is the story.
+    pub(crate) fn open(reference: Reference, opts: &Options) -> Result<Self> {
         let host = reference.api_host().to_owned();
         let _span =
             info_span!("registry", host = %host, repository = %reference.repository).entered();
@@ -227,45 +244,47 @@ impl Remote {
         };
         let schemes: &[&str] = match (opts.plain_http, reference.is_loopback()) {
             (PlainHttp::Always, _) => &["http"],
-            (PlainHttp::Auto, true) => &["https", "http"],
+            (PlainHttp::Auto, true) => &["http", "https"],
             (PlainHttp::Auto | PlainHttp::Never, _) => &["https"],
         };
-        let mut https_error = None;
+        let mut http_error = None;
         for scheme in schemes {
             let remote = Self(Arc::new(Inner {
                 head: Mutex::new(None),
                 reference: reference.clone(),
-                http: http.clone(),
+                http: build_client(opts, *scheme == "https")?,
                 base: format!("{scheme}://{host}"),
                 creds: creds.clone(),
                 auth: Mutex::new(AuthState::Anonymous),
                 retry: opts.retry.clone(),
                 foreign_urls: opts.foreign_urls,
             }));
-            match (remote.ping(), https_error.take()) {
-                (Ok(status), None) => {
+            let last = *scheme == schemes[schemes.len() - 1];
+            // The plain-HTTP probe is asked once: a TLS server that hangs up
+            // on it is an answer, not a fault to retry.
+            match remote.ping(!last) {
+                Ok(status) if status == StatusCode::BAD_REQUEST && !last => {
+                    debug!(host = %host, "the loopback registry refused plain HTTP; trying HTTPS");
+                }
+                Ok(status) => {
                     debug!(scheme, status = status.as_u16(), "registry answered");
                     return Ok(remote);
                 }
-                // A 400 to plain HTTP is a TLS server refusing it (Go's "client
-                // sent an HTTP request to an HTTPS server"): then the HTTPS
-                // failure is the real story (e.g. a CA that is not trusted).
-                (Ok(status), Some(first)) => {
-                    if status == StatusCode::BAD_REQUEST {
-                        return Err(first);
-                    }
-                    debug!(host = %host, "HTTPS failed on a loopback registry; it speaks plain HTTP");
-                    return Ok(remote);
+                Err(e @ Error::Http { .. }) if !last => {
+                    debug!(host = %host, error = %e, "plain HTTP failed on a loopback registry; trying HTTPS");
+                    http_error = Some(e);
                 }
-                (Err(e @ Error::Http { .. }), None) if schemes.len() > 1 => https_error = Some(e),
-                // Plain HTTP answered, with an error status: that is the story.
-                (Err(e @ (Error::Status { .. } | Error::RateLimited { .. })), Some(_)) => {
-                    return Err(e);
+                // HTTPS failed too: when plain HTTP could not even connect,
+                // nothing listens, and that is the clearer story.
+                Err(e) => {
+                    return Err(match http_error {
+                        Some(first) if is_connect_error(&first) && is_connect_error(&e) => first,
+                        _ => e,
+                    });
                 }
-                (Err(e), first) => return Err(first.unwrap_or(e)),
             }
         }
-        Err(https_error.expect("the loop ends early unless HTTPS failed"))
+        unreachable!("the last scheme always returns")
     }
 
     fn url(&self, tail: &str) -> String {
@@ -277,9 +296,17 @@ impl Remote {
     }
 
     /// `GET /v2/`: 200 means anonymous; 401 carries the challenge.
-    fn ping(&self) -> Result<StatusCode> {
+    fn ping(&self, once: bool) -> Result<StatusCode> {
         let url = format!("{}/v2/", self.0.base);
-        let response = self.send_with_retries("GET", &url, || self.0.http.get(&url))?;
+        let response = if once {
+            self.0
+                .http
+                .get(&url)
+                .send()
+                .map_err(|e| http_error("GET", &url, e))?
+        } else {
+            self.send_with_retries("GET", &url, || self.0.http.get(&url))?
+        };
         if response.status() == StatusCode::UNAUTHORIZED {
             self.take_challenge(&response)?;
         }

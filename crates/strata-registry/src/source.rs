@@ -13,14 +13,14 @@ use crate::local::{DockerArchive, OciLayout};
 use crate::manifest::{MAX_CONFIG_BYTES, Parsed, RawManifest, check_layers};
 use crate::platform::{Platform, choose};
 use crate::reference::ImageRef;
-use crate::remote::{Remote, RetryPolicy, build_client};
+use crate::remote::{Remote, RetryPolicy};
 use crate::{Error, Result};
 
 /// When to speak plain HTTP to a registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PlainHttp {
-    /// HTTPS, except that a loopback registry that fails HTTPS is tried over
-    /// HTTP (what `docker` does for `localhost`).
+    /// HTTPS, except for a loopback registry: plain HTTP first, then HTTPS
+    /// when the port speaks TLS (`docker` allows HTTP for loopback too).
     #[default]
     Auto,
     /// Always HTTP (`--plain-http`).
@@ -160,10 +160,7 @@ impl ImageSource {
     /// or malformed file.
     pub fn open(reference: &ImageRef, options: &Options) -> Result<Self> {
         let transport: Box<dyn Transport> = match reference {
-            ImageRef::Registry(r) => {
-                let http = build_client(options)?;
-                Box::new(Remote::open(r.clone(), options, http)?)
-            }
+            ImageRef::Registry(r) => Box::new(Remote::open(r.clone(), options)?),
             ImageRef::OciDir { path, tag } => Box::new(OciLayout::open_dir(path, tag.clone())?),
             ImageRef::OciArchive { path, tag } => {
                 Box::new(OciLayout::open_archive(path, tag.clone())?)
