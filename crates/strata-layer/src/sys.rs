@@ -128,7 +128,34 @@ pub(crate) fn times(secs: i64, nanos: u32) -> Timestamps {
 /// All extended attributes of an open file.
 pub(crate) fn xattrs(fd: impl AsFd) -> io::Result<Vec<(String, Vec<u8>)>> {
     let fd = fd.as_fd();
-    let size = match rfs::flistxattr_query(fd) {
+    collect_xattrs(
+        || rfs::flistxattr_query(fd),
+        |buf| rfs::flistxattr(fd, buf),
+        |name| rfs::fgetxattr_query(fd, name),
+        |name, buf| rfs::fgetxattr(fd, name, buf),
+    )
+}
+
+/// All extended attributes of a path, not following a final symlink (a
+/// symlink or a device node must not be opened to read them).
+pub(crate) fn xattrs_nofollow(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    collect_xattrs(
+        || rfs::llistxattr_query(path),
+        |buf| rfs::llistxattr(path, buf),
+        |name| rfs::lgetxattr_query(path, name),
+        |name, buf| rfs::lgetxattr(path, name, buf),
+    )
+}
+
+/// Lists and reads xattrs through the given calls (the `f*` or the `l*`
+/// family), sorted by name.
+fn collect_xattrs(
+    list_len: impl Fn() -> rustix::io::Result<usize>,
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    value_len: impl Fn(&str) -> rustix::io::Result<usize>,
+    value: impl Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let size = match list_len() {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
@@ -137,15 +164,14 @@ pub(crate) fn xattrs(fd: impl AsFd) -> io::Result<Vec<(String, Vec<u8>)>> {
         return Ok(Vec::new());
     }
     let mut names = vec![0u8; size];
-    let n = rfs::flistxattr(fd, &mut names[..])?;
+    let n = list(&mut names[..])?;
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8_lossy(name).into_owned();
-        let len = rfs::fgetxattr_query(fd, name.as_str())?;
-        let mut value = vec![0u8; len];
-        let got = rfs::fgetxattr(fd, name.as_str(), &mut value[..])?;
-        value.truncate(got);
-        out.push((name, value));
+        let mut buf = vec![0u8; value_len(&name)?];
+        let got = value(&name, &mut buf[..])?;
+        buf.truncate(got);
+        out.push((name, buf));
     }
     out.sort();
     Ok(out)
@@ -166,30 +192,4 @@ pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
 #[must_use]
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-/// All extended attributes of a path, not following a final symlink (a
-/// symlink or a device node must not be opened to read them).
-pub(crate) fn xattrs_nofollow(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let size = match rfs::llistxattr_query(path) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    let mut names = vec![0u8; size];
-    let n = rfs::llistxattr(path, &mut names[..])?;
-    let mut out = Vec::new();
-    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
-        let len = rfs::lgetxattr_query(path, name.as_str())?;
-        let mut value = vec![0u8; len];
-        let got = rfs::lgetxattr(path, name.as_str(), &mut value[..])?;
-        value.truncate(got);
-        out.push((name, value));
-    }
-    out.sort();
-    Ok(out)
 }

@@ -1168,23 +1168,16 @@ fn tree_digest_from_extraction_matches_a_full_read_and_sees_changes() {
     let mut bytes = std::fs::read(&f).unwrap();
     bytes[0] ^= 1;
     let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
-    std::fs::write(&f, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    let write_keeping_mtime = |bytes: &[u8]| {
+        std::fs::write(&f, bytes).unwrap();
+        let file = std::fs::File::options().write(true).open(&f).unwrap();
+        file.set_modified(mtime).unwrap();
+    };
+    write_keeping_mtime(&bytes);
     let changed = crate::tree_digest(d.path(), &none).unwrap();
     assert_ne!(changed, recorded, "a flipped byte is seen");
     bytes[0] ^= 1;
-    std::fs::write(&f, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    write_keeping_mtime(&bytes);
     assert_eq!(crate::tree_digest(d.path(), &none).unwrap(), recorded);
 
     std::fs::set_permissions(
