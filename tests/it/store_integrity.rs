@@ -134,6 +134,14 @@ fn fsck_finds_a_changed_byte_a_changed_mode_and_a_dangling_name_and_repair_lets_
         "{text}"
     );
     let rootfs = env.path("rootfs");
+    let (_, stderr) = run_err(
+        env.strata()
+            .args(["mount", &image, rootfs.to_str().unwrap()]),
+    );
+    assert!(
+        stderr.contains("is not in the store") && stderr.contains("pull the image again"),
+        "{stderr}"
+    );
     run_ok(
         env.strata()
             .args(["pull-and-mount", &image, rootfs.to_str().unwrap()]),

@@ -112,9 +112,16 @@ fn mount_image(
     rw: bool,
     out: &mut Output,
 ) -> Result<()> {
+    let chain_ids: Vec<String> = record.layers.iter().map(|l| l.chain_id.clone()).collect();
+    if let Some(i) = chain_ids.iter().position(|c| !store.has_layer(c)) {
+        bail!(
+            "layer {i} ({}) of {} is not in the store (removed by `strata fsck --repair`?); pull the image again",
+            record.layers[i].digest,
+            store_name(image)
+        );
+    }
     let mountpoint = prepare_mountpoint(dir)?;
     let id = mount_id(&mountpoint);
-    let chain_ids: Vec<String> = record.layers.iter().map(|l| l.chain_id.clone()).collect();
     let upper = if rw {
         let base = store.mount_dir(&id);
         let (upper, work) = (base.join("upper"), base.join("work"));
