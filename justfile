@@ -58,7 +58,11 @@ fuzz seconds="600" *targets="reference manifest extract":
     for t in {{targets}}; do
         mkdir -p corpus/$t
         seeds=(); [[ -d seeds/$t ]] && seeds=(seeds/$t)
+        # extract's scoped threads may still run their TLS destructors when
+        # libFuzzer checks for leaks: std's own thread records look leaked
+        # (google/sanitizers#757). Leak checks stay on for the others.
+        leaks=1; [[ $t == extract ]] && leaks=0
         echo "== fuzzing $t for {{seconds}} s"
         RUSTC_BOOTSTRAP=1 cargo fuzz run $t corpus/$t "${seeds[@]}" -- \
-            -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+            -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=2048 -detect_leaks=$leaks -print_final_stats=1
     done
