@@ -6,6 +6,7 @@
 //! shared tokio runtime on a background thread.)
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::Duration;
@@ -74,6 +75,9 @@ enum AuthState {
 struct Inner {
     /// The tag's digest once a `HEAD` found it (asked once per source).
     head: Mutex<Option<Option<String>>>,
+    /// Whether the registry has answered once: only then is a refused
+    /// connection worth retrying.
+    answered: AtomicBool,
     reference: Reference,
     http: Client,
     base: String,
@@ -251,6 +255,7 @@ impl Remote {
         for scheme in schemes {
             let remote = Self(Arc::new(Inner {
                 head: Mutex::new(None),
+                answered: AtomicBool::new(false),
                 reference: reference.clone(),
                 http: build_client(opts, *scheme == "https")?,
                 base: format!("{scheme}://{host}"),
@@ -262,7 +267,7 @@ impl Remote {
             let last = *scheme == schemes[schemes.len() - 1];
             // The plain-HTTP probe is asked once: a TLS server that hangs up
             // on it is an answer, not a fault to retry.
-            match remote.ping(!last) {
+            match remote.probe(!last) {
                 Ok(status) if status == StatusCode::BAD_REQUEST && !last => {
                     debug!(host = %host, "the loopback registry refused plain HTTP; trying HTTPS");
                 }
@@ -295,15 +300,47 @@ impl Remote {
         self.0.reference.to_string()
     }
 
+    /// The first request: `HEAD` of the tag's manifest, which tells the
+    /// scheme, the authentication (a 401 carries the challenge, as `/v2/`'s
+    /// would) and, when anonymous, the tag's digest, so that a warm pull
+    /// needs no other request (containerd's resolver starts the same way).
+    /// Anything else (a pinned digest, a 404 that may hide a private
+    /// repository, an odd status) asks `/v2/` as before.
+    fn probe(&self, once: bool) -> Result<StatusCode> {
+        if self.0.reference.digest.is_some() {
+            return self.ping(once);
+        }
+        let url = self.url(&format!(
+            "manifests/{}",
+            self.0.reference.manifest_reference()
+        ));
+        let request = || self.0.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT);
+        let response = if once {
+            self.send_once("HEAD", &url, request)?
+        } else {
+            self.send_with_retries("HEAD", &url, request)?
+        };
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            self.take_challenge(&response)?;
+        } else if status.is_success() {
+            let digest = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            *self.0.head.lock().expect("head lock poisoned") = Some(digest);
+        } else if status != StatusCode::BAD_REQUEST {
+            return self.ping(once);
+        }
+        Ok(status)
+    }
+
     /// `GET /v2/`: 200 means anonymous; 401 carries the challenge.
     fn ping(&self, once: bool) -> Result<StatusCode> {
         let url = format!("{}/v2/", self.0.base);
         let response = if once {
-            self.0
-                .http
-                .get(&url)
-                .send()
-                .map_err(|e| http_error("GET", &url, e))?
+            self.send_once("GET", &url, || self.0.http.get(&url))?
         } else {
             self.send_with_retries("GET", &url, || self.0.http.get(&url))?
         };
@@ -421,6 +458,18 @@ impl Remote {
 
     /// Sends with retries on connection errors, 408/429/5xx, honouring
     /// `Retry-After`. Returns any other response, 401 included.
+    /// One try, no retries (a probe whose failure is an answer).
+    fn send_once(
+        &self,
+        method: &'static str,
+        url: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response> {
+        let response = build().send().map_err(|e| http_error(method, url, e))?;
+        self.0.answered.store(true, Ordering::Relaxed);
+        Ok(response)
+    }
+
     fn send_with_retries(
         &self,
         method: &'static str,
@@ -432,7 +481,7 @@ impl Remote {
         loop {
             let last = attempt + 1 >= policy.attempts;
             match build().send() {
-                Err(e) if !last && transient(&e, !url.ends_with("/v2/")) => {
+                Err(e) if !last && transient(&e, self.0.answered.load(Ordering::Relaxed)) => {
                     warn!(url, error = %error_chain(&e), attempt, "request failed, retrying");
                     sleep(policy.backoff(attempt));
                 }
@@ -458,7 +507,10 @@ impl Remote {
                     );
                     sleep(delay.min(policy.max_delay));
                 }
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    self.0.answered.store(true, Ordering::Relaxed);
+                    return Ok(r);
+                }
             }
             attempt += 1;
         }
