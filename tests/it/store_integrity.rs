@@ -161,7 +161,15 @@ fn fsck_finds_a_changed_byte_a_changed_mode_and_a_dangling_name_and_repair_lets_
         .find(|p| p.exists())
         .unwrap();
     std::fs::set_permissions(&top, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    run_err(env.strata().arg("fsck"));
+    let out = env.strata().arg("fsck").output().unwrap();
+    let text = output_text(&out);
+    let layer = top.parent().unwrap().parent().unwrap().parent().unwrap();
+    assert!(
+        !out.status.success()
+            && text.contains(&layer.display().to_string())
+            && text.contains("differ from what was extracted"),
+        "{text}"
+    );
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -63,6 +63,15 @@ impl FsckReport {
     }
 }
 
+/// Image records by what becomes of them: `kept` (sound, or waiting for a
+/// pull to restore their layers) and `unsound` (removed by repair, with the
+/// names that point at them).
+#[derive(Default)]
+struct Images {
+    kept: BTreeSet<String>,
+    unsound: BTreeSet<String>,
+}
+
 /// What to do with a damaged thing, decided while checking.
 enum Fix {
     Layer(String),
@@ -195,15 +204,15 @@ impl Store {
         }
     }
 
-    /// Returns the digests of the image records that are sound.
+    /// Sorts the image records by what becomes of them.
     fn check_images(
         &self,
         layers: &BTreeSet<String>,
         report: &mut FsckReport,
         fixes: &mut Vec<(usize, Fix)>,
-    ) -> Result<BTreeSet<String>> {
+    ) -> Result<Images> {
         let dir = self.root().join("images");
-        let mut sound = BTreeSet::new();
+        let mut images = Images::default();
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| crate::Error::io("listing", &dir, e))? {
             paths.push(
@@ -240,22 +249,24 @@ impl Store {
                 // restores them. One that lies about itself goes.
                 Err(ImageProblem::MissingLayers(message)) => {
                     report.problem(path, message);
+                    images.kept.insert(record.digest);
                     continue;
                 }
                 Err(ImageProblem::Unsound(message)) => {
+                    images.unsound.insert(format!("sha256:{stem}"));
                     fixes.push((report.problems.len(), Fix::File(path.clone())));
                     report.problem(path, message);
                     continue;
                 }
             }
-            sound.insert(record.digest);
+            images.kept.insert(record.digest);
         }
-        Ok(sound)
+        Ok(images)
     }
 
     fn check_refs(
         &self,
-        images: &BTreeSet<String>,
+        images: &Images,
         report: &mut FsckReport,
         fixes: &mut Vec<(usize, Fix)>,
     ) -> Result<()> {
@@ -274,11 +285,15 @@ impl Store {
                 .root()
                 .join("images")
                 .join(format!("{}.json", hex_of(&digest)));
-            if !images.contains(&digest) && !record.is_file() {
+            // A record written after the listing (a pull running meanwhile)
+            // is a file that was not checked: not a problem.
+            let dangling = images.unsound.contains(&digest)
+                || (!images.kept.contains(&digest) && !record.is_file());
+            if dangling {
                 fixes.push((report.problems.len(), Fix::Name(name.clone())));
                 report.problem(
                     &path,
-                    format!("the name {name} points at {digest}, which has no image record"),
+                    format!("the name {name} points at {digest}, which has no sound image record"),
                 );
             }
         }
