@@ -183,6 +183,13 @@ fn config_diff_ids_that_do_not_match_the_layers_are_refused() {
         m["config"]["size"] = bytes.len().into();
     });
     assert_all_fail(&c, 4, "diff_id mismatch");
+    // Issue 11, 17: the failed flatten left nothing of the unverified layer.
+    let left: Vec<_> = std::fs::read_dir(c.root.join("flat")).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "flatten left {} entries in DIR",
+        left.len()
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod network_faults;
 mod registry_auth;
 mod registry_faults;
 mod registry_pull;
+mod rules;
 mod stack;
 mod store_integrity;
 

@@ -10,6 +10,19 @@ use strata_registry::ImageRef;
 use crate::context::Context;
 use crate::pull::{layer_compression, store_name};
 
+/// A stored layer directory as an entry source, told which of its char 0:0
+/// devices are real devices (the layer record says) rather than whiteouts.
+pub fn stored_layer_source(store: &strata_stack::Store, chain_id: &str) -> Result<DirSource> {
+    let notes = match store.layer_record(chain_id)? {
+        Some(record) if !record.form_notes.is_null() => {
+            serde_json::from_value(record.form_notes)
+                .with_context(|| format!("reading the form notes of layer {chain_id}"))?
+        }
+        _ => strata_layer::FormNotes::default(),
+    };
+    Ok(DirSource::new(&store.layer_dir(chain_id)).with_notes(notes))
+}
+
 /// One layer's descriptor facts.
 pub struct LayerInfo {
     /// Compressed blob digest.
@@ -45,7 +58,7 @@ pub fn load(ctx: &Context, image: &ImageRef) -> Result<Loaded> {
     {
         let mut indexes = Vec::new();
         for (i, l) in record.layers.iter().enumerate() {
-            let mut index = index_source(&mut DirSource::new(&store.layer_dir(&l.chain_id)))
+            let mut index = index_source(&mut stored_layer_source(&store, &l.chain_id)?)
                 .with_context(|| {
                     format!("reading layer {i} ({}) of {name} from the store", l.digest)
                 })?;

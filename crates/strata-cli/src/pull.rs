@@ -143,6 +143,11 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             whiteouts: summary.whiteouts,
             opaque_dirs: summary.opaque_dirs,
             tree_digest: Some(tree_digest),
+            form_notes: if summary.notes.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::to_value(&summary.notes)?
+            },
         })
         .with_context(|| format!("storing layer {i} of {image}"))?;
     }

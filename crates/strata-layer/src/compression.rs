@@ -27,12 +27,18 @@ impl Compression {
     fn sniff(head: &[u8]) -> Self {
         if head.starts_with(&GZIP_MAGIC) {
             Self::Gzip
-        } else if head.starts_with(&ZSTD_MAGIC) {
+        } else if head.starts_with(&ZSTD_MAGIC) || is_zstd_skippable_frame(head) {
             Self::Zstd
         } else {
             Self::None
         }
     }
+}
+
+/// RFC 8878 3.1.2: a skippable frame (magic 0x184D2A5?, little-endian) may
+/// open a zstd stream; the decoder steps over it.
+fn is_zstd_skippable_frame(head: &[u8]) -> bool {
+    matches!(head, [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50)
 }
 
 /// Reads one or more gzip members; stops (without error) at trailing bytes
@@ -309,6 +315,16 @@ mod tests {
         let mut two = gzip(&data[..100]);
         two.extend(gzip(&data[100..]));
         assert_eq!(read_all(&two), (data.clone(), diff_id(&data)));
+    }
+
+    #[test]
+    fn a_zstd_stream_opening_with_a_skippable_frame_is_zstd() {
+        let tar = b"not really a tar, but bytes".repeat(40);
+        let mut blob = vec![0x5e, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        blob.extend(zstd::encode_all(&tar[..], 3).unwrap());
+        assert_eq!(Compression::sniff(&blob), Compression::Zstd);
+        let (out, _) = read_all(&blob);
+        assert_eq!(out, tar);
     }
 
     #[test]

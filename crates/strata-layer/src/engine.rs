@@ -6,7 +6,7 @@
 //! their content, so a read-only directory can still be filled and keeps the
 //! mtime the tar gave it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,7 +16,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode as FsMode, OFlags, Ui
 use tracing::warn;
 
 use crate::entry::{Entry, EntrySource, Kind};
-use crate::names::{Name, classify, clean};
+use crate::names::{Name, clean};
 use crate::tree::ContentHashes;
 use crate::{Error, Fixups, Mode, Options, OverlayXattr, Result, Summary, sys};
 
@@ -33,8 +33,17 @@ pub(crate) struct Writer<'o> {
     whiteouts: HashSet<PathBuf>,
     /// Apply mode: directories to empty of lower content at the end.
     opaque: Vec<PathBuf>,
-    /// Directories whose mode and mtime are set at the end.
-    dirs: Vec<(PathBuf, u32, i64)>,
+    /// Directories whose mode and mtime are set at the end: the last entry
+    /// for a path wins, and it lands only on the directory that entry made
+    /// (checked by inode, never through a symlink a later entry put there).
+    dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Overlay mode: real char 0:0 devices (the form cannot tell them from
+    /// whiteouts, so they are reported in the summary, not made).
+    zero_devices: Vec<crate::ZeroDevice>,
+    /// Overlay mode: directories marked opaque.
+    opaque_dirs: BTreeSet<PathBuf>,
+    /// Whether the layer listed its root (`./`).
+    root_listed: bool,
     implied: BTreeSet<PathBuf>,
     lower_links: Vec<(PathBuf, PathBuf)>,
     summary: Summary,
@@ -42,6 +51,14 @@ pub(crate) struct Writer<'o> {
     buffer: Vec<u8>,
     /// Content hashes of the files written, when the options ask for them.
     content: Option<ContentHashes>,
+}
+
+/// A directory's deferred metadata, and which directory it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirMeta {
+    mode: u32,
+    mtime: i64,
+    inode: (u64, u64),
 }
 
 fn uid(n: u64) -> Option<Uid> {
@@ -72,7 +89,10 @@ impl<'o> Writer<'o> {
             touched: HashSet::new(),
             whiteouts: HashSet::new(),
             opaque: Vec::new(),
-            dirs: Vec::new(),
+            dirs: BTreeMap::new(),
+            zero_devices: Vec::new(),
+            opaque_dirs: BTreeSet::new(),
+            root_listed: false,
             implied: BTreeSet::new(),
             lower_links: Vec::new(),
             summary: Summary::default(),
@@ -107,15 +127,11 @@ impl<'o> Writer<'o> {
             });
         }
         let label = entry.label();
-        let path = clean(&entry.name)?;
-        match classify(&path, &label)? {
-            Name::AufsMeta => {
-                self.summary.skipped += 1;
-                Ok(())
-            }
-            Name::Opaque(dir) => self.opaque_marker(&dir, &label),
-            Name::Whiteout(target) => self.whiteout(&target, &label),
-            Name::Plain => self.write(&path, entry, data, &label),
+        match entry.meaning()? {
+            (_, Name::Opaque(dir)) => self.opaque_marker(&dir, &label),
+            (_, Name::Whiteout(target)) => self.whiteout(&target, &label),
+            (_, Name::AufsMeta) => Ok(()),
+            (path, Name::Plain) => self.write(&path, entry, data, &label),
         }
     }
 
@@ -177,7 +193,8 @@ impl<'o> Writer<'o> {
         Ok(fd)
     }
 
-    fn set_opaque(&self, fd: &OwnedFd, rel: &Path) -> Result<()> {
+    fn set_opaque(&mut self, fd: &OwnedFd, rel: &Path) -> Result<()> {
+        self.opaque_dirs.insert(rel.to_owned());
         let name = format!("{}opaque", self.opts.overlay_xattr.prefix());
         rfs::fsetxattr(fd, name.as_str(), b"y", XattrFlags::empty())
             .map_err(|e| Error::io("marking opaque", rel, e))
@@ -246,12 +263,6 @@ impl<'o> Writer<'o> {
                 if self.whiteouts.contains(target) {
                     return Ok(());
                 }
-                if !self.as_root {
-                    return Err(Error::entry(
-                        label,
-                        "overlay whiteouts are char devices 0:0, which only root can create",
-                    ));
-                }
                 rfs::mknodat(
                     &pfd,
                     base(target),
@@ -301,7 +312,8 @@ impl<'o> Writer<'o> {
                 sys::resolve_read(&self.root, path).map_err(|e| Error::io("opening", "/", e))?;
             self.own(&fd, entry, path)?;
             self.set_xattrs(&fd, entry, path, label)?;
-            self.dirs.push((PathBuf::new(), entry.mode, entry.mtime));
+            self.defer_dir_metadata(&fd, path, entry)?;
+            self.root_listed = true;
             return Ok(());
         }
         let pfd = self.ensure_dir(parent(path), label)?;
@@ -320,6 +332,10 @@ impl<'o> Writer<'o> {
         }
         if let Some(content) = &mut self.content {
             content.remove(path);
+        }
+        if !self.lower_links.is_empty() {
+            // A later entry of the same name replaces a link to a lower file.
+            self.lower_links.retain(|(link, _)| link != path);
         }
         match &entry.kind {
             Kind::Hardlink(target) => {
@@ -398,7 +414,7 @@ impl<'o> Writer<'o> {
                     self.set_opaque(&fd, path)?;
                 }
                 self.implied.remove(path);
-                self.dirs.push((path.to_owned(), entry.mode, entry.mtime));
+                self.defer_dir_metadata(&fd, path, entry)?;
             }
             Kind::Symlink(target) => {
                 rfs::symlinkat(target.as_path(), &pfd, name)
@@ -433,6 +449,21 @@ impl<'o> Writer<'o> {
                     }
                     return Ok(());
                 }
+                if self.opts.mode == Mode::Overlay && entry.kind == Kind::Char(0, 0) {
+                    warn!(
+                        entry = label,
+                        "a real char 0:0 device would act as a whiteout in an overlay: the mount lacks it, flatten makes it"
+                    );
+                    self.zero_devices.push(crate::ZeroDevice {
+                        path: path.to_owned(),
+                        mode: entry.mode,
+                        uid: entry.uid,
+                        gid: entry.gid,
+                        mtime: entry.mtime,
+                    });
+                    self.touch(path);
+                    return Ok(());
+                }
                 let kind = if matches!(entry.kind, Kind::Char(..)) {
                     FileType::CharacterDevice
                 } else {
@@ -448,6 +479,7 @@ impl<'o> Writer<'o> {
                 .map_err(|e| Error::io("creating the device", path, e))?;
                 self.node_metadata(&pfd, path, entry)?;
             }
+            Kind::Whiteout | Kind::Opaque => unreachable!("dispatched in entry()"),
             Kind::Fifo => {
                 rfs::mknodat(&pfd, name, FileType::Fifo, FsMode::empty(), 0)
                     .map_err(|e| Error::io("creating the fifo", path, e))?;
@@ -456,6 +488,34 @@ impl<'o> Writer<'o> {
         }
         self.touch(path);
         Ok(())
+    }
+
+    /// Records a directory entry's mode and mtime for the end of the layer,
+    /// with the inode it was given to; a later entry for the path replaces it.
+    fn defer_dir_metadata(&mut self, fd: &OwnedFd, path: &Path, entry: &Entry) -> Result<()> {
+        let st = rfs::fstat(fd).map_err(|e| Error::io("reading", path, e))?;
+        self.dirs.insert(
+            path.to_owned(),
+            DirMeta {
+                mode: entry.mode,
+                mtime: entry.mtime,
+                inode: (st.st_dev, st.st_ino),
+            },
+        );
+        Ok(())
+    }
+
+    /// The directory at `path` if it is still the one with `inode`: opened
+    /// without following a symlink in the last component.
+    fn same_dir(&self, path: &Path, inode: (u64, u64)) -> Option<OwnedFd> {
+        let fd = if path.as_os_str().is_empty() {
+            sys::resolve_read(&self.root, path).ok()?
+        } else {
+            let pfd = sys::resolve_dir(&self.root, parent(path)).ok()?;
+            sys::open_nofollow(&pfd, base(path), true).ok()?
+        };
+        let st = rfs::fstat(&fd).ok()?;
+        ((st.st_dev, st.st_ino) == inode).then_some(fd)
     }
 
     fn node_metadata(&self, pfd: &OwnedFd, path: &Path, entry: &Entry) -> Result<()> {
@@ -523,22 +583,30 @@ impl<'o> Writer<'o> {
         for dir in std::mem::take(&mut self.opaque) {
             self.clear_lower(&dir)?;
         }
-        for (path, mode, mtime) in self.dirs.iter().rev() {
-            let fd = match sys::resolve_read(&self.root, path) {
-                Ok(fd) => fd,
+        // Deepest first, so a parent's mtime is set after its children's.
+        for (path, meta) in self.dirs.iter().rev() {
+            let Some(fd) = self.same_dir(path, meta.inode) else {
                 // Deleted or replaced by a later entry of the same layer.
-                Err(_) => continue,
+                continue;
             };
-            rfs::fchmod(&fd, FsMode::from_raw_mode(*mode))
+            rfs::fchmod(&fd, FsMode::from_raw_mode(meta.mode))
                 .map_err(|e| Error::io("setting the mode of", path, e))?;
-            rfs::futimens(&fd, &sys::times(*mtime, 0))
+            rfs::futimens(&fd, &sys::times(meta.mtime, 0))
                 .map_err(|e| Error::io("setting the mtime of", path, e))?;
         }
         self.summary.content = self.content.take().unwrap_or_default();
-        self.summary.fixups = Fixups {
-            implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
-            lower_links: std::mem::take(&mut self.lower_links),
-        };
+        if self.opts.mode == Mode::Overlay {
+            self.summary.notes.zero_devices = std::mem::take(&mut self.zero_devices);
+            self.summary.fixups = Fixups {
+                implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
+                lower_links: std::mem::take(&mut self.lower_links),
+                whiteouts: std::mem::take(&mut self.whiteouts).into_iter().collect(),
+                opaque_dirs: std::mem::take(&mut self.opaque_dirs).into_iter().collect(),
+                root_listed: self.root_listed,
+            };
+            self.summary.fixups.whiteouts.sort();
+            self.summary.notes.lower_links = self.summary.fixups.lower_links.clone();
+        }
         Ok(self.summary)
     }
 }

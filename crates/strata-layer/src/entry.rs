@@ -7,10 +7,12 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::FileType;
 
-use crate::names::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::names::{self, Name, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::sys;
 use crate::{Error, Result};
 
@@ -31,6 +33,14 @@ pub enum Kind {
     Block(u32, u32),
     /// A named pipe.
     Fifo,
+    /// An OCI whiteout: the entry's name is `DIR/.wh.NAME`, and `DIR/NAME`
+    /// is deleted from the layers below. Sources decide what is a whiteout
+    /// (a tar by name, a layer directory by overlay form), so a directory
+    /// that is literally named `.wh.x` is never taken for one.
+    Whiteout,
+    /// An opaque marker: the entry's name is `DIR/.wh..wh..opq`, and what the
+    /// layers below hold in `DIR` is hidden.
+    Opaque,
 }
 
 /// One entry's metadata.
@@ -58,6 +68,25 @@ impl Entry {
     pub fn label(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
+
+    /// The cleaned path and what the entry does there: the one place where
+    /// the source's kind and the whiteout naming rules meet (extraction and
+    /// the index both ask here).
+    pub(crate) fn meaning(&self) -> Result<(PathBuf, Name)> {
+        let path = names::clean(&self.name)?;
+        if !matches!(self.kind, Kind::Whiteout | Kind::Opaque) {
+            return Ok((path, Name::Plain));
+        }
+        match (&self.kind, names::classify(&path, &self.label())?) {
+            (Kind::Whiteout, name @ Name::Whiteout(_)) | (Kind::Opaque, name @ Name::Opaque(_)) => {
+                Ok((path, name))
+            }
+            _ => Err(Error::entry(
+                self.label(),
+                "a whiteout or opaque marker whose name does not say what it hides",
+            )),
+        }
+    }
 }
 
 /// A source of entries, visited in order; a file entry's bytes are readable
@@ -70,16 +99,106 @@ pub trait EntrySource {
     fn visit(&mut self, f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>) -> Result<()>;
 }
 
+fn pax_number(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let whole = text.split('.').next()?;
+    whole.parse().ok()
+}
+
+/// A uid or gid: anything a filesystem cannot hold is refused, never
+/// mapped to root (a setuid file would become setuid root).
+fn owner_id(value: Option<i64>, what: &str, label: &dyn Fn() -> String) -> Result<u64> {
+    value
+        .and_then(|n| u32::try_from(n).ok())
+        .map(u64::from)
+        .ok_or_else(|| {
+            Error::entry(
+                label(),
+                format!("its {what} is not a number from 0 to 4294967295"),
+            )
+        })
+}
+
+/// Whether a GNU header's numeric field holds a number (octal digits with
+/// spaces or NULs around them, or base-256).
+fn is_numeric_field(field: &[u8]) -> bool {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        return true;
+    }
+    field
+        .iter()
+        .filter(|b| !matches!(b, b' ' | b'\0'))
+        .all(|b| (b'0'..=b'7').contains(b))
+}
+
+/// The ustar `prefix` of a header that carries GNU magic but whose atime and
+/// ctime fields are not numbers: such "GNU" headers are ustar ones with a
+/// wrong magic, and Go, GNU tar and Python read the prefix there.
+fn misnamed_gnu_prefix(header: &tar::Header) -> Option<&[u8]> {
+    header.as_gnu()?;
+    let raw = header.as_bytes();
+    if is_numeric_field(&raw[345..357]) && is_numeric_field(&raw[357..369]) {
+        return None;
+    }
+    let prefix = &raw[345..500];
+    let prefix = &prefix[..prefix.iter().position(|b| *b == 0).unwrap_or(prefix.len())];
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+/// Tars that end without the end-of-archive blocks, or even without the
+/// last entry's padding (`umoci insert` 0.4.7 writes these), are read as
+/// umoci, containerd and Go's archive/tar read them: after the last real
+/// byte, this reader yields the zeros that were left out (at most a block's
+/// padding and the two end blocks). The hash (diff_id) is taken below it,
+/// so it covers exactly the bytes received; [`PadAtEof::real_end`] lets the
+/// source refuse an entry whose data would come from the padding.
+struct PadAtEof<R> {
+    inner: R,
+    pos: u64,
+    /// Where the real bytes ended (`u64::MAX` until then), shared with the
+    /// source while the tar crate holds this reader.
+    real_end: Arc<AtomicU64>,
+    zeros_left: u64,
+}
+
+impl<R: Read> Read for PadAtEof<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.real_end.load(Ordering::Relaxed) == u64::MAX {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.real_end.store(self.pos, Ordering::Relaxed);
+            self.zeros_left = (512 - self.pos % 512) % 512 + 1024;
+        }
+        let n = usize::try_from(self.zeros_left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        buf[..n].fill(0);
+        self.zeros_left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// Entries of a tar stream (`tar` ≥ 0.4.45 for PAX sizes; entries are never
 /// unpacked by the tar crate, only read).
 pub(crate) struct TarSource<R: Read> {
-    archive: tar::Archive<R>,
+    archive: tar::Archive<PadAtEof<R>>,
+    real_end: Arc<AtomicU64>,
 }
 
 impl<R: Read> TarSource<R> {
     pub(crate) fn new(stream: R) -> Self {
+        let real_end = Arc::new(AtomicU64::new(u64::MAX));
         Self {
-            archive: tar::Archive::new(stream),
+            archive: tar::Archive::new(PadAtEof {
+                inner: stream,
+                pos: 0,
+                real_end: Arc::clone(&real_end),
+                zeros_left: 0,
+            }),
+            real_end,
         }
     }
 }
@@ -98,24 +217,29 @@ pub(crate) fn stream_error(e: std::io::Error) -> Error {
     }
 }
 
-fn pax_number(value: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(value).ok()?;
-    let whole = text.split('.').next()?;
-    whole.parse().ok()
-}
-
 impl<R: Read> EntrySource for TarSource<R> {
     fn visit(&mut self, f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>) -> Result<()> {
+        let real_end = Arc::clone(&self.real_end);
         for item in self.archive.entries().map_err(stream_error)? {
             let mut tar_entry = item.map_err(stream_error)?;
             let header = tar_entry.header();
-            let name = tar_entry.path_bytes().into_owned();
+            let mut name = tar_entry.path_bytes().into_owned();
+            if name == header.path_bytes().as_ref()
+                && let Some(prefix) = misnamed_gnu_prefix(header)
+            {
+                let mut full = prefix.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(&name);
+                name = full;
+            }
             let label = || String::from_utf8_lossy(&name).into_owned();
-            let device = || {
-                (
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                )
+            let device = |what: &str, field: std::io::Result<Option<u32>>| {
+                field.map(Option::unwrap_or_default).map_err(|_| {
+                    Error::entry(
+                        label(),
+                        format!("its device {what} number does not fit in 32 bits"),
+                    )
+                })
             };
             let link = || {
                 tar_entry
@@ -132,8 +256,14 @@ impl<R: Read> EntrySource for TarSource<R> {
                     Kind::Symlink(PathBuf::from(std::ffi::OsStr::from_bytes(&link())))
                 }
                 tar::EntryType::Link => Kind::Hardlink(link()),
-                tar::EntryType::Char => Kind::Char(device().0, device().1),
-                tar::EntryType::Block => Kind::Block(device().0, device().1),
+                tar::EntryType::Char => Kind::Char(
+                    device("major", header.device_major())?,
+                    device("minor", header.device_minor())?,
+                ),
+                tar::EntryType::Block => Kind::Block(
+                    device("major", header.device_major())?,
+                    device("minor", header.device_minor())?,
+                ),
                 tar::EntryType::Fifo => Kind::Fifo,
                 other => {
                     tracing::warn!(entry = %label(), kind = ?other, "skipping a tar entry of a kind no filesystem holds");
@@ -142,12 +272,14 @@ impl<R: Read> EntrySource for TarSource<R> {
             };
             // Empty numeric fields read as 0, as Go's archive/tar (Docker,
             // containerd) reads them; only PAX values below override.
+            let header_id =
+                |field: std::io::Result<u64>| field.map_or(Some(0), |n| i64::try_from(n).ok());
             let mut entry = Entry {
                 name: name.clone(),
                 kind,
                 mode: header.mode().unwrap_or(0) & 0o7777,
-                uid: header.uid().unwrap_or(0),
-                gid: header.gid().unwrap_or(0),
+                uid: owner_id(header_id(header.uid()), "uid", &label)?,
+                gid: owner_id(header_id(header.gid()), "gid", &label)?,
                 mtime: header.mtime().unwrap_or(0).try_into().unwrap_or(i64::MAX),
                 xattrs: Vec::new(),
             };
@@ -161,19 +293,30 @@ impl<R: Read> EntrySource for TarSource<R> {
                             ext.value_bytes().to_vec(),
                         ));
                     } else if key == b"uid" {
-                        entry.uid = pax_number(ext.value_bytes())
-                            .and_then(|n| n.try_into().ok())
-                            .unwrap_or(entry.uid);
+                        entry.uid = owner_id(pax_number(ext.value_bytes()), "PAX uid", &label)?;
                     } else if key == b"gid" {
-                        entry.gid = pax_number(ext.value_bytes())
-                            .and_then(|n| n.try_into().ok())
-                            .unwrap_or(entry.gid);
+                        entry.gid = owner_id(pax_number(ext.value_bytes()), "PAX gid", &label)?;
                     } else if key == b"mtime" {
                         entry.mtime = pax_number(ext.value_bytes()).unwrap_or(entry.mtime);
                     }
                 }
             }
+            match names::classify(&names::clean(&name)?, &label())? {
+                Name::AufsMeta => continue,
+                Name::Whiteout(_) => entry.kind = Kind::Whiteout,
+                Name::Opaque(_) => entry.kind = Kind::Opaque,
+                Name::Plain => {}
+            }
+            let (start, size) = (tar_entry.raw_file_position(), tar_entry.size());
             f(&entry, &mut tar_entry)?;
+            if start + size > real_end.load(Ordering::Relaxed) {
+                return Err(Error::entry(
+                    label(),
+                    format!(
+                        "the layer ends inside this entry's data ({size} bytes from offset {start})"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -182,9 +325,15 @@ impl<R: Read> EntrySource for TarSource<R> {
 /// Entries of a layer directory in overlay form, as the store holds them:
 /// char 0:0 devices become `.wh.` whiteouts, opaque xattrs become
 /// `.wh..wh..opq` markers, and files sharing an inode become hard links.
-/// Parents come before children; names are sorted for a stable order.
+/// Parents come before children; names are sorted for a stable order. The
+/// root comes first, as `./`, carrying the layer root's metadata.
+///
+/// Only what the overlay form itself says is a whiteout: a directory that is
+/// literally named `.wh.x` (from a tar entry `.wh.x/file`) is a directory.
 pub struct DirSource {
     root: PathBuf,
+    zero_devices: HashMap<PathBuf, crate::ZeroDevice>,
+    lower_links: HashMap<PathBuf, PathBuf>,
 }
 
 impl DirSource {
@@ -193,7 +342,20 @@ impl DirSource {
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_owned(),
+            zero_devices: HashMap::new(),
+            lower_links: HashMap::new(),
         }
+    }
+
+    /// Reads the directory with what extraction noted beside it
+    /// ([`crate::Summary::notes`]): real 0:0 devices come back, and copies of
+    /// lower files are links again.
+    #[must_use]
+    pub fn with_notes(mut self, notes: crate::FormNotes) -> Self {
+        self.zero_devices
+            .extend(notes.zero_devices.into_iter().map(|d| (d.path.clone(), d)));
+        self.lower_links.extend(notes.lower_links);
+        self
     }
 }
 
@@ -233,33 +395,42 @@ impl DirSource {
             move |e| Error::io(op, p, e)
         }
         let mut names = sys::list_dir(dir).map_err(io("listing", rel))?;
+        names.extend(
+            self.zero_devices
+                .keys()
+                .filter(|p| p.parent() == Some(rel))
+                .filter_map(|p| p.file_name().map(std::ffi::OsStr::to_owned)),
+        );
         names.sort();
+        names.dedup();
         for name in names {
             let path = rel.join(&name);
             let bytes = path.as_os_str().as_bytes().to_vec();
+            let no_data: &mut dyn Read = &mut std::io::empty();
+            if let Some(dev) = self.zero_devices.get(&path) {
+                let entry = Entry {
+                    name: bytes,
+                    kind: Kind::Char(0, 0),
+                    mode: dev.mode,
+                    uid: dev.uid,
+                    gid: dev.gid,
+                    mtime: dev.mtime,
+                    xattrs: Vec::new(),
+                };
+                f(&entry, no_data)?;
+                continue;
+            }
             let Some(st) = sys::lstat_at(dir, &name).map_err(io("reading", &path))? else {
                 continue;
             };
-            let no_data: &mut dyn Read = &mut std::io::empty();
             match sys::file_type(&st) {
                 FileType::Directory => {
                     let fd = sys::open_nofollow(dir, &name, true).map_err(io("opening", &path))?;
                     let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
-                    let opaque = xattrs.iter().any(|(k, v)| {
-                        (k == "trusted.overlay.opaque" || k == "user.overlay.opaque") && v == b"y"
-                    });
+                    let opaque = is_opaque(&xattrs);
                     f(&stat_entry(bytes.clone(), &st, Kind::Dir, xattrs), no_data)?;
                     if opaque {
-                        let marker = path.join(OPAQUE_MARKER);
-                        f(
-                            &stat_entry(
-                                marker.as_os_str().as_bytes().to_vec(),
-                                &st,
-                                Kind::File,
-                                Vec::new(),
-                            ),
-                            no_data,
-                        )?;
+                        emit_opaque(&path, &st, f)?;
                     }
                     self.walk(&fd, &path, links, f)?;
                 }
@@ -270,7 +441,14 @@ impl DirSource {
                     }
                     wh.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
                     wh.extend_from_slice(name.as_bytes());
-                    f(&stat_entry(wh, &st, Kind::File, Vec::new()), no_data)?;
+                    f(&stat_entry(wh, &st, Kind::Whiteout, Vec::new()), no_data)?;
+                }
+                FileType::RegularFile if self.lower_links.contains_key(&path) => {
+                    let target = self.lower_links[&path].as_os_str().as_bytes().to_vec();
+                    f(
+                        &stat_entry(bytes, &st, Kind::Hardlink(target), Vec::new()),
+                        no_data,
+                    )?;
                 }
                 FileType::RegularFile => {
                     let key = (st.st_dev, st.st_ino);
@@ -318,6 +496,29 @@ impl DirSource {
     }
 }
 
+fn emit_opaque(
+    dir: &Path,
+    st: &rustix::fs::Stat,
+    f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    let marker = dir.join(OPAQUE_MARKER);
+    f(
+        &stat_entry(
+            marker.as_os_str().as_bytes().to_vec(),
+            st,
+            Kind::Opaque,
+            Vec::new(),
+        ),
+        &mut std::io::empty(),
+    )
+}
+
+fn is_opaque(xattrs: &[(String, Vec<u8>)]) -> bool {
+    xattrs
+        .iter()
+        .any(|(k, v)| (k == "trusted.overlay.opaque" || k == "user.overlay.opaque") && v == b"y")
+}
+
 impl EntrySource for DirSource {
     fn visit(&mut self, f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>) -> Result<()> {
         let root = sys::resolve_read(
@@ -325,6 +526,17 @@ impl EntrySource for DirSource {
             Path::new(""),
         )
         .map_err(|e| Error::io("opening", &self.root, e))?;
+        let st = rustix::fs::fstat(&root).map_err(|e| Error::io("reading", &self.root, e))?;
+        let xattrs =
+            sys::xattrs(&root).map_err(|e| Error::io("reading xattrs of", &self.root, e))?;
+        let opaque = is_opaque(&xattrs);
+        f(
+            &stat_entry(b"./".to_vec(), &st, Kind::Dir, xattrs),
+            &mut std::io::empty(),
+        )?;
+        if opaque {
+            emit_opaque(Path::new(""), &st, f)?;
+        }
         self.walk(&root, Path::new(""), &mut HashMap::new(), f)
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::entry::{EntrySource, Kind, TarSource};
-use crate::names::{Name, classify, clean};
+use crate::names::{Name, clean};
 use crate::{Compression, Result};
 
 /// One path a layer writes, with what it writes there.
@@ -111,6 +111,8 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Char(..) => "char",
         Kind::Block(..) => "block",
         Kind::Fifo => "fifo",
+        Kind::Whiteout => "whiteout",
+        Kind::Opaque => "opaque",
     }
 }
 
@@ -123,9 +125,8 @@ pub fn index_source(source: &mut dyn EntrySource) -> Result<LayerIndex> {
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     source.visit(&mut |entry, data| {
         index.tar_entries += 1;
-        let label = entry.label();
-        let path = clean(&entry.name)?;
-        match classify(&path, &label)? {
+        let (path, name) = entry.meaning()?;
+        match name {
             Name::AufsMeta => {}
             Name::Opaque(dir) => {
                 index.opaque.insert(dir);
@@ -149,7 +150,7 @@ pub fn index_source(source: &mut dyn EntrySource) -> Result<LayerIndex> {
                         links.push((path.clone(), t));
                     }
                     Kind::Char(ma, mi) | Kind::Block(ma, mi) => target = Some(format!("{ma}:{mi}")),
-                    Kind::Dir | Kind::Fifo => {}
+                    Kind::Dir | Kind::Fifo | Kind::Whiteout | Kind::Opaque => {}
                 }
                 if path.as_os_str().is_empty() {
                     return Ok(());

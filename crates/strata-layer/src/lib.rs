@@ -102,13 +102,27 @@ pub struct Fixups {
     pub implied_dirs: Vec<PathBuf>,
     /// Hard links (path, target) whose target is not in this layer.
     pub lower_links: Vec<(PathBuf, PathBuf)>,
+    /// Whiteout devices made: each is dropped when nothing below it is
+    /// visible (a whiteout applies only to lower layers; one that hides
+    /// nothing would show as a device in a bind mount or a ghost entry).
+    pub whiteouts: Vec<PathBuf>,
+    /// Directories marked opaque: the mark is dropped when no directory is
+    /// visible there below.
+    pub opaque_dirs: Vec<PathBuf>,
+    /// Whether the layer listed its root (`./`); if not, the root takes the
+    /// metadata of the root below, as an implied directory does.
+    pub root_listed: bool,
 }
 
 impl Fixups {
     /// Whether [`fix_up`] has anything to do.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.implied_dirs.is_empty() && self.lower_links.is_empty()
+        self.implied_dirs.is_empty()
+            && self.lower_links.is_empty()
+            && self.whiteouts.is_empty()
+            && self.opaque_dirs.is_empty()
+            && self.root_listed
     }
 }
 
@@ -132,6 +146,49 @@ pub struct Summary {
     pub fixups: Fixups,
     /// What [`Options::content_hashes`] asked for (else empty).
     pub content: ContentHashes,
+    /// Overlay mode: what the layer directory cannot say by itself; the
+    /// caller keeps it beside the directory and hands it back to
+    /// [`DirSource::with_notes`].
+    pub notes: FormNotes,
+}
+
+/// What a layer directory in overlay form cannot hold, kept beside it (the
+/// store's `layer.json`) so that reading it back gives the layer's tar
+/// entries exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FormNotes {
+    /// Real char 0:0 devices. An overlay takes any such device for a
+    /// whiteout, so they are left out of the directory (the mount lacks
+    /// them, with a warning at extraction) and flatten makes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zero_devices: Vec<ZeroDevice>,
+    /// Hard links (path, target) to files of lower layers: the directory
+    /// holds copies, flatten makes links again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lower_links: Vec<(PathBuf, PathBuf)>,
+}
+
+impl FormNotes {
+    /// Whether there is nothing to note.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.zero_devices.is_empty() && self.lower_links.is_empty()
+    }
+}
+
+/// A real char 0:0 device of a layer and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ZeroDevice {
+    /// Where, relative to the layer root.
+    pub path: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
 }
 
 /// Extracts one layer stream into `target`, which must exist.

@@ -51,27 +51,34 @@ pub(crate) enum Name {
 }
 
 /// Classifies a cleaned path by its last component, whatever the tar type.
+/// Names are bytes: a whiteout of a name that is not UTF-8 is a whiteout.
 pub(crate) fn classify(path: &Path, entry: &str) -> Result<Name> {
-    let Some(base) = path.file_name().and_then(|b| b.to_str()) else {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(base) = path.file_name().map(OsStrExt::as_bytes) else {
         return Ok(Name::Plain);
     };
-    let Some(rest) = base.strip_prefix(WHITEOUT_PREFIX) else {
+    let Some(rest) = base.strip_prefix(WHITEOUT_PREFIX.as_bytes()) else {
         return Ok(Name::Plain);
     };
     let parent = path.parent().unwrap_or(Path::new("")).to_owned();
-    if base == OPAQUE_MARKER {
+    if base == OPAQUE_MARKER.as_bytes() {
         return Ok(Name::Opaque(parent));
     }
-    if rest.starts_with(WHITEOUT_PREFIX) {
+    if rest.starts_with(WHITEOUT_PREFIX.as_bytes()) {
         return Ok(Name::AufsMeta);
     }
-    if rest.is_empty() || rest == "." || rest == ".." || rest.contains('/') {
+    if rest.is_empty() || rest == b"." || rest == b".." {
         return Err(Error::entry(
             entry,
-            format!("{base:?} is not a valid whiteout: it names no file"),
+            format!(
+                "{:?} is not a valid whiteout: it names no file",
+                String::from_utf8_lossy(base)
+            ),
         ));
     }
-    Ok(Name::Whiteout(parent.join(rest)))
+    Ok(Name::Whiteout(
+        parent.join(std::ffi::OsStr::from_bytes(rest)),
+    ))
 }
 
 #[cfg(test)]
@@ -117,6 +124,11 @@ mod tests {
             Name::Whiteout("a/b.wh.c".into())
         );
         assert_eq!(k("a/x.wh.b").unwrap(), Name::Plain);
+        let latin1 = clean(b"d/.wh.caf\xe9").unwrap();
+        assert_eq!(
+            classify(&latin1, "d/.wh.caf\u{fffd}").unwrap(),
+            Name::Whiteout(clean(b"d/caf\xe9").unwrap())
+        );
     }
 
     #[test]

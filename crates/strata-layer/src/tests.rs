@@ -238,9 +238,10 @@ fn overlay_whiteout_forms() {
             ("top", "char 0:0"),
         ])
     );
+    // The aufs entry is tar-format noise the source drops (like a PAX header).
     assert_eq!(
         (s.whiteouts, s.opaque_dirs, s.skipped, s.entries),
-        (2, 1, 1, 6)
+        (2, 1, 0, 5)
     );
 }
 
@@ -613,7 +614,7 @@ fn hardlink_to_a_lower_layers_file() {
     let err = fix_up(lonely.path(), &s.fixups, &[lower.path()]).unwrap_err();
     assert!(
         err.to_string()
-            .contains("missing is in neither this layer nor any below"),
+            .contains("missing is in neither this layer nor the layers below"),
         "{err}"
     );
 }

@@ -50,6 +50,11 @@ pub struct LayerRecord {
     /// `tree_digest`), which `strata fsck` checks it against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree_digest: Option<String>,
+    /// What `diff/` cannot hold in overlay form (strata-layer's
+    /// `FormNotes`: real 0:0 devices, links to lower files), kept as the
+    /// layer crate wrote it; this crate does not read it.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub form_notes: serde_json::Value,
 }
 
 /// One layer of a stored image.
@@ -694,6 +699,7 @@ mod tests {
             whiteouts: 0,
             opaque_dirs: 0,
             tree_digest: None,
+            form_notes: serde_json::Value::Null,
         };
         tmp.commit(&rec).unwrap();
     }

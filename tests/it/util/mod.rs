@@ -6,6 +6,7 @@
 )]
 
 pub mod http;
+pub mod layer;
 pub mod oci;
 pub mod proxy;
 pub mod registry;

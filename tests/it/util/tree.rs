@@ -1,6 +1,8 @@
 //! A manifest of a directory tree, for comparing strata's output with a
 //! peer's: path → type, mode, owner, size, content hash, link target,
 //! device numbers and xattrs. Mtimes are left out (tools differ on them).
+//! The full form adds the root directory itself (`.`) and, optionally,
+//! hard-link groups (`link=FIRST` on every later name of one inode).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -9,15 +11,10 @@ use std::path::Path;
 use sha2::{Digest as _, Sha256};
 
 fn xattrs(path: &Path) -> String {
-    let Ok(fd) = rustix::fs::open(
-        path,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
-        rustix::fs::Mode::empty(),
-    ) else {
-        return String::new();
-    };
+    // The l* calls: never open the file (a fifo would block, a device
+    // would be opened).
     let mut names = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::flistxattr(&fd, &mut names[..]) else {
+    let Ok(n) = rustix::fs::llistxattr(path, &mut names[..]) else {
         return String::new();
     };
     let mut out = Vec::new();
@@ -27,7 +24,7 @@ fn xattrs(path: &Path) -> String {
             continue;
         }
         let mut value = vec![0u8; 65536];
-        let len = rustix::fs::fgetxattr(&fd, name.as_str(), &mut value[..]).unwrap_or(0);
+        let len = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]).unwrap_or(0);
         out.push(format!("{name}={}", hex::encode(&value[..len])));
     }
     out.sort();
@@ -37,26 +34,88 @@ fn xattrs(path: &Path) -> String {
 /// The manifest of the tree under `root` (the root itself excluded).
 pub fn manifest(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
+    walk(root, root, &mut out, None);
     out
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let md = std::fs::symlink_metadata(&path).unwrap();
-        let ft = md.file_type();
+/// The manifest with the root itself as `.` and, with `links`, hard-link
+/// groups.
+pub fn full_manifest(root: &Path, links: bool) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert(".".to_owned(), describe(root, None));
+    let mut groups = links.then(BTreeMap::new);
+    walk(root, root, &mut out, groups.as_mut());
+    if let Some(groups) = groups {
+        // The first name (in path order) of each inode is the group's name.
+        let mut first: BTreeMap<(u64, u64), String> = BTreeMap::new();
+        for (path, inode) in &groups {
+            match first.get(inode) {
+                Some(name) => {
+                    let v = out.get_mut(path).unwrap();
+                    v.push_str(&format!(" link={name}"));
+                }
+                None => {
+                    first.insert(*inode, path.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`full_manifest`] with hard-link groups.
+pub fn manifest_with_links(root: &Path) -> BTreeMap<String, String> {
+    full_manifest(root, true)
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<String, String>,
+    mut links: Option<&mut BTreeMap<String, (u64, u64)>>,
+) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
         let rel = path
             .strip_prefix(root)
             .unwrap()
             .to_string_lossy()
             .into_owned();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        if let Some(links) = links.as_deref_mut()
+            && !md.is_dir()
+            && md.nlink() > 1
+        {
+            links.insert(rel.clone(), (md.dev(), md.ino()));
+        }
+        out.insert(rel, describe(&path, Some(&md)));
+        if md.is_dir() {
+            walk(root, &path, out, links.as_deref_mut());
+        }
+    }
+}
+
+fn describe(path: &Path, md: Option<&std::fs::Metadata>) -> String {
+    {
+        let owned;
+        let md = match md {
+            Some(md) => md,
+            None => {
+                owned = std::fs::symlink_metadata(path).unwrap();
+                &owned
+            }
+        };
+        let ft = md.file_type();
         let what = if ft.is_dir() {
             "dir".to_owned()
         } else if ft.is_symlink() {
-            format!("symlink {}", std::fs::read_link(&path).unwrap().display())
+            format!("symlink {}", std::fs::read_link(path).unwrap().display())
         } else if ft.is_file() {
-            let bytes = std::fs::read(&path).unwrap();
+            let bytes = std::fs::read(path).unwrap();
             format!(
                 "file {} {}",
                 bytes.len(),
@@ -82,15 +141,9 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         let xattrs = if ft.is_symlink() {
             String::new()
         } else {
-            xattrs(&path)
+            xattrs(path)
         };
-        out.insert(
-            rel,
-            format!("{what} {mode:o} {}:{} [{xattrs}]", md.uid(), md.gid()),
-        );
-        if ft.is_dir() {
-            walk(root, &path, out);
-        }
+        format!("{what} {mode:o} {}:{} [{xattrs}]", md.uid(), md.gid())
     }
 }
 

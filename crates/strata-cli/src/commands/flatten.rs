@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use strata_layer::{DirSource, Mode, Options as LayerOptions};
+use strata_layer::{Mode, Options as LayerOptions};
 use strata_registry::ImageRef;
 
 use crate::context::Context;
+use crate::layers::stored_layer_source;
 use crate::output::Output;
 use crate::pull::{layer_compression, store_name};
 
@@ -47,9 +48,31 @@ pub fn prepare_empty_dir(dir: &Path) -> Result<()> {
 }
 
 /// Applies every layer of `image` onto the empty directory `dir`; returns the
-/// image's config bytes.
+/// image's config bytes. When any layer fails (a digest mismatch, a refused
+/// entry), `dir` is emptied again: nothing unverified or half-applied stays.
 pub fn flatten_into(ctx: &Context, image: &ImageRef, dir: &Path) -> Result<Vec<u8>> {
     prepare_empty_dir(dir)?;
+    apply_all(ctx, image, dir).inspect_err(|_| {
+        if let Err(e) = empty_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not empty the target after the failure");
+        }
+    })
+}
+
+/// Removes everything inside `dir` (never following a symlink out of it).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_all(ctx: &Context, image: &ImageRef, dir: &Path) -> Result<Vec<u8>> {
     let apply = LayerOptions {
         mode: Mode::Apply,
         ..LayerOptions::default()
@@ -60,7 +83,7 @@ pub fn flatten_into(ctx: &Context, image: &ImageRef, dir: &Path) -> Result<Vec<u
     {
         for (i, layer) in record.layers.iter().enumerate() {
             strata_layer::apply_source(
-                &mut DirSource::new(&store.layer_dir(&layer.chain_id)),
+                &mut stored_layer_source(&store, &layer.chain_id)?,
                 dir,
                 &apply,
             )

@@ -1,0 +1,442 @@
+//! The layer rules, one case at a time, through every path a rootfs can take:
+//! a fresh (streamed) `flatten`, `pull-and-mount` (the overlay of the store's
+//! layer directories) and `flatten` from the store, each compared with
+//! `umoci unpack` of the same OCI layout (paths, types, modes, owners,
+//! sizes, content, link targets, devices, xattrs, hard-link groups).
+//!
+//! A case is a list of layers, each a list of tar entries (`util::layer`).
+//! Where umoci refuses an image, the case says what strata must do instead.
+//! Cases named `r11_NN_*` are the defects of issue 11; the others cross the
+//! rules of docs/whiteouts.md with symlinked parents, hard links and
+//! same-layer re-creation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::layer::{
+    TarEntry, chardev, dir, fifo, file, hardlink, layer, opaque, symlink, whiteout,
+};
+use crate::util::oci::write_layout;
+use crate::util::store_env::{Env, is_mounted};
+use crate::util::tree::{assert_same, full_manifest, manifest_with_links};
+use crate::util::{require_tool, run_ok};
+
+/// What strata must give for a case.
+enum Want {
+    /// umoci's tree, on every path.
+    Umoci,
+    /// umoci's tree, except that the mount lacks these paths: what an
+    /// overlay cannot show (a real char 0:0 device is a whiteout to it).
+    UmociButTheMountLacks(&'static [&'static str]),
+    /// strata must refuse the image on every path with an error containing
+    /// this text: umoci refuses it too, or gets it wrong (a case's doc says
+    /// which, and why containerd's answer was chosen).
+    Refused(&'static str),
+}
+
+/// The three trees of one image, or each path's error.
+struct Paths {
+    streamed: Result<BTreeMap<String, String>, String>,
+    mounted: Result<BTreeMap<String, String>, String>,
+    stored: Result<BTreeMap<String, String>, String>,
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn umoci(layout: &Path, bundle: &Path) -> Result<BTreeMap<String, String>, String> {
+    require_tool("umoci", "umoci");
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:t", layout.display()))
+        .arg(bundle)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(manifest_with_links(&bundle.join("rootfs")))
+    } else {
+        Err(stderr_of(&out))
+    }
+}
+
+fn strata_paths(env: &Env, image: &str) -> Paths {
+    let streamed_dir = env.path("streamed");
+    let out = crate::util::strata()
+        .arg("--store")
+        .arg(env.path("no-store"))
+        .args(["flatten", image])
+        .arg(&streamed_dir)
+        .output()
+        .unwrap();
+    let streamed = if out.status.success() {
+        Ok(manifest_with_links(&streamed_dir))
+    } else {
+        // A failed flatten leaves nothing of the image behind (issue 11, 17).
+        let left = std::fs::read_dir(&streamed_dir).map_or(0, Iterator::count);
+        assert_eq!(left, 0, "a failed flatten left {left} entries in DIR");
+        Err(stderr_of(&out))
+    };
+    let mnt = env.path("mnt");
+    let out = env
+        .strata()
+        .args(["pull-and-mount", image])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let mounted = if out.status.success() {
+        assert!(is_mounted(&mnt));
+        Ok(full_manifest(&mnt, false))
+    } else {
+        Err(stderr_of(&out))
+    };
+    let stored = if mounted.is_ok() {
+        let flat = env.path("stored");
+        let out = env
+            .strata()
+            .args(["flatten", image])
+            .arg(&flat)
+            .output()
+            .unwrap();
+        let json = env.json(&["images"]);
+        assert!(
+            json.to_string().contains(image),
+            "the image should be in the store: {json}"
+        );
+        if out.status.success() {
+            Ok(manifest_with_links(&flat))
+        } else {
+            Err(stderr_of(&out))
+        }
+    } else {
+        Err("not pulled".to_owned())
+    };
+    if mounted.is_ok() {
+        run_ok(env.strata().arg("umount").arg(&mnt));
+    }
+    Paths {
+        streamed,
+        mounted,
+        stored,
+    }
+}
+
+/// Hard-link groups cannot cross overlay layers (a link to a lower file is
+/// a copy in the upper layer), so the mounted tree is compared without them.
+fn without_links(tree: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    tree.iter()
+        .map(|(k, v)| (k.clone(), v.split(" link=").next().unwrap().to_owned()))
+        .collect()
+}
+
+/// Runs one case through umoci and strata's three paths.
+fn check(layers: &[Vec<TarEntry>], want: Want) {
+    let tars: Vec<Vec<u8>> = layers.iter().map(|l| layer(l)).collect();
+    check_tars(&tars, want);
+}
+
+/// Runs the OCI layout `make` writes (tag `t`) through umoci and strata's
+/// three paths.
+fn check_layout(make: &dyn Fn(&Path), want: Want) {
+    let env = Env::new();
+    let layout = env.path("layout");
+    make(&layout);
+    let image = format!("oci:{}:t", layout.display());
+    let theirs = umoci(&layout, &env.path("bundle"));
+    let ours = strata_paths(&env, &image);
+    let (want, lacks): (Want, &[&str]) = match want {
+        Want::UmociButTheMountLacks(lacks) => (Want::Umoci, lacks),
+        other => (other, &[]),
+    };
+    match (want, theirs) {
+        (Want::Umoci, Ok(theirs)) => {
+            let mut theirs_mounted = without_links(&theirs);
+            for path in lacks {
+                assert!(
+                    theirs_mounted.remove(*path).is_some(),
+                    "{path} is not in umoci's tree"
+                );
+            }
+            let tree = |name: &str, r: Result<BTreeMap<String, String>, String>| {
+                r.unwrap_or_else(|e| panic!("strata's {name} failed where umoci unpacks:\n{e}"))
+            };
+            assert_same(
+                &tree("streamed flatten", ours.streamed),
+                &theirs,
+                "streamed flatten vs umoci",
+            );
+            assert_same(
+                &tree("pull-and-mount", ours.mounted),
+                &theirs_mounted,
+                "the mounted overlay vs umoci",
+            );
+            assert_same(
+                &tree("flatten from the store", ours.stored),
+                &theirs,
+                "flatten from the store vs umoci",
+            );
+        }
+        (Want::Umoci | Want::UmociButTheMountLacks(_), Err(e)) => {
+            panic!("umoci refused a case said to unpack:\n{e}")
+        }
+        (Want::Refused(why), _) => {
+            for (name, r) in [("streamed flatten", ours.streamed), ("pull", ours.mounted)] {
+                let e = r
+                    .err()
+                    .unwrap_or_else(|| panic!("strata's {name} accepted what umoci refuses"));
+                assert!(
+                    e.contains(why),
+                    "{name}: the error should say {why:?}:\n{e}"
+                );
+            }
+        }
+        (Want::UmociButTheMountLacks(_), Ok(_)) => unreachable!("mapped to Umoci above"),
+    }
+}
+
+macro_rules! cases {
+    ($($(#[$m:meta])* $name:ident: $want:expr, [$($layer:expr),+ $(,)?];)+) => {
+        $(
+            $(#[$m])*
+            #[test]
+            fn $name() {
+                check(&[$($layer.to_vec()),+], $want);
+            }
+        )+
+    };
+}
+
+cases! {
+    /// docs/whiteouts.md: a whiteout deletes a lower file and a lower tree.
+    privileged_rule_whiteout_deletes_lower_file_and_tree: Want::Umoci, [
+        [dir("etc/"), file("etc/a", b"a"), file("etc/b", b"b"), dir("d/"), file("d/x", b"x")],
+        [whiteout("etc/a"), whiteout("d")],
+    ];
+    /// An opaque directory hides the lower content, keeps its own.
+    privileged_rule_opaque_keeps_own_content: Want::Umoci, [
+        [dir("d/"), file("d/old", b"o"), dir("d/sub/"), file("d/sub/x", b"x")],
+        [dir("d/"), file("d/new", b"n"), opaque("d")],
+    ];
+    /// `.wh.d` then `d/new` in one layer: the lower d goes, the new content stays.
+    privileged_rule_delete_then_recreate: Want::Umoci, [
+        [dir("d/").mode(0o700), file("d/old", b"o")],
+        [whiteout("d"), dir("d/").mode(0o750), file("d/new", b"n")],
+    ];
+    /// An implied parent takes the lower's metadata (/tmp 1777).
+    privileged_rule_implied_parent_keeps_lower_metadata: Want::Umoci, [
+        [dir("tmp/").mode(0o1777).owner(0, 3), file("tmp/a", b"a")],
+        [file("tmp/b", b"b")],
+    ];
+    /// A hard link to a lower file.
+    privileged_rule_hard_link_to_a_lower_file: Want::Umoci, [
+        [dir("bin/"), file("bin/busybox", b"bb").mode(0o755)],
+        [hardlink("bin/sh", "bin/busybox"), hardlink("bin/ls", "bin/busybox")],
+    ];
+    /// Types, modes, owners, devices, fifos, xattrs survive every path.
+    privileged_rule_metadata_of_every_kind: Want::Umoci, [
+        [
+            dir("d/").mode(0o2750).owner(1, 2),
+            file("d/suid", b"s").mode(0o4755).owner(3, 4),
+            file("d/x", b"x").xattr("user.k", b"v"),
+            symlink("d/l", "../nowhere").owner(5, 6),
+            chardev("d/null", 1, 3),
+            fifo("d/p").mode(0o600),
+        ],
+    ];
+
+    /// Issue 11, 8: a whiteout with nothing below it is dropped (a one-layer
+    /// image is a bind mount: no char 0:0 `etc/gone` may show).
+    privileged_r11_08_a_bottom_layer_whiteout_hides_nothing: Want::Umoci, [
+        [dir("etc/"), file("etc/keep", b"k"), whiteout("etc/gone"), opaque("etc")],
+    ];
+    /// Issue 11, 8: ghosts in an overlay: a bottom-layer whiteout, a whiteout
+    /// inside an opaque directory of the same layer, and a parent made only
+    /// to hold a whiteout.
+    privileged_r11_08_whiteouts_that_hide_nothing_leave_no_ghosts: Want::Umoci, [
+        [whiteout("ghost"), dir("d/"), file("d/a", b"a")],
+        [opaque("d"), whiteout("d/a"), whiteout("new/deep/x"), file("top", b"t")],
+    ];
+    /// Issue 11, 14: duplicate directory entries: the last wins wholly.
+    privileged_r11_14_the_last_duplicate_directory_entry_wins: Want::Umoci, [
+        [dir("d/").mode(0o700).owner(1, 1), file("d/f", b"f"), dir("d/").mode(0o751).owner(2, 2)],
+    ];
+    /// Issue 11, 6: `x/` (04777) then `x -> /etc/shadow`: the directory's
+    /// deferred mode must not land on the symlink's target.
+    privileged_r11_06_deferred_dir_metadata_never_lands_on_a_replacement: Want::Umoci, [
+        [dir("etc/"), file("etc/shadow", b"secret").mode(0o640)],
+        [dir("x/").mode(0o4777), symlink("x", "/etc/shadow"), dir("b/").mode(0o6755), file("b", b"now a file")],
+    ];
+    /// Issue 11, 13: the root's metadata from a lower `./` entry survives a
+    /// layer without one, in the mount root and in store flatten.
+    privileged_r11_13_the_roots_metadata_from_a_lower_layer: Want::Umoci, [
+        [dir("./").mode(0o750).owner(7, 8), file("a", b"a")],
+        [file("b", b"b")],
+    ];
+    /// Issue 11, 9: a real char 0:0 device in a layer is a device after store flatten.
+    privileged_r11_09_a_real_char_0_0_device_survives_the_store: Want::UmociButTheMountLacks(&["dev/zero0"]), [
+        [dir("dev/"), chardev("dev/zero0", 0, 0)],
+        [file("other", b"o")],
+    ];
+    /// Issue 11, 9: a directory literally named `.wh.foo` (from `.wh.foo/x`)
+    /// and one named `.wh..wh..opq` are directories, not whiteouts, when read
+    /// back from the store.
+    privileged_r11_09_literal_whiteout_names_from_implied_directories: Want::Umoci, [
+        [file("foo", b"f"), dir("p/"), file("p/keep", b"k")],
+        [file(".wh.foo/x", b"x"), file("p/.wh..wh..opq/y", b"y")],
+    ];
+    /// Issue 11, 15: a whiteout whose name is not UTF-8.
+    privileged_r11_15_a_whiteout_with_a_non_utf8_name: Want::Umoci, [
+        [file(b"caf\xe9", b"c"), file("keep", b"k")],
+        [whiteout_bytes(b".wh.caf\xe9")],
+    ];
+}
+
+fn whiteout_bytes(name: &[u8]) -> TarEntry {
+    file(name, b"")
+}
+
+/// Runs a case given as raw layer tars (headers no builder writes).
+fn check_tars(tars: &[Vec<u8>], want: Want) {
+    check_layout(
+        &|layout: &Path| write_layout(layout, "t", tars, &["/bin/sh"]),
+        want,
+    );
+}
+
+/// A tar of one GNU-magic header whose ustar `prefix` field holds `prefix`
+/// (so the atime/ctime fields are not numbers), as a Perl module tarball and
+/// containerd's prefix-header case have them.
+fn gnu_header_with_prefix(prefix: &str, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.as_mut_bytes()[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A char device whose major number is written base-256 as `major`.
+fn device_with_base256_major(name: &str, major: i64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_mode(0o644);
+    h.set_size(0);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let field = &mut h.as_mut_bytes()[329..337];
+    field.copy_from_slice(&major.to_be_bytes());
+    field[0] |= 0x80;
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &[][..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn privileged_r11_22_the_ustar_prefix_behind_gnu_magic_is_read() {
+    check_tars(
+        &[
+            layer(&[dir("usr/"), file("usr/keep", b"k")]),
+            gnu_header_with_prefix(
+                "usr/share/perl5/blib/man3",
+                "Plack::Middleware::Lint.3pm",
+                b"manual",
+            ),
+        ],
+        Want::Umoci,
+    );
+}
+
+#[test]
+fn privileged_r11_26_device_numbers_past_32_bits_are_refused() {
+    for major in [1_i64 << 32, -1] {
+        let tars = [device_with_base256_major("dev/big", major)];
+        let env = Env::new();
+        let layout = env.path("layout");
+        write_layout(&layout, "t", &tars, &["/bin/sh"]);
+        let image = format!("oci:{}:t", layout.display());
+        let ours = strata_paths(&env, &image);
+        for (name, r) in [("streamed flatten", ours.streamed), ("pull", ours.mounted)] {
+            let e = r
+                .err()
+                .unwrap_or_else(|| panic!("{name} accepted major {major}"));
+            assert!(
+                e.contains("dev/big") && e.contains("32 bits"),
+                "{name}: the error should name the entry and the limit:\n{e}"
+            );
+        }
+    }
+}
+
+/// Issue 11, 1: `umoci insert` 0.4.7 writes a layer without the end blocks
+/// and without the last entry's padding; umoci, containerd and Go read it.
+#[test]
+fn privileged_r11_01_a_layer_without_end_blocks_from_umoci_insert() {
+    require_tool("umoci", "umoci");
+    check_layout(
+        &|layout: &Path| {
+            write_layout(
+                layout,
+                "t",
+                &[layer(&[dir("opt/"), file("opt/old", b"old")])],
+                &["/bin/sh"],
+            );
+            let src = layout.with_file_name("insert-src");
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("new"), b"an odd length: 27 bytes...").unwrap();
+            run_ok(
+                Command::new("umoci")
+                    .args(["insert", "--opaque", "--image"])
+                    .arg(format!("{}:t", layout.display()))
+                    .arg(&src)
+                    .arg("/opt"),
+            );
+        },
+        Want::Umoci,
+    );
+}
+
+cases! {
+    /// Issue 11, 5: a PAX uid past 2^32-1 is refused, never made root.
+    privileged_r11_05_a_pax_uid_past_32_bits_is_refused: Want::Refused("uid"), [
+        [file("suid", b"s").mode(0o4755).owner(1 << 32, 0)],
+    ];
+    /// Issue 11, 10: an implied directory does not take the metadata of a
+    /// path a middle layer deleted.
+    privileged_r11_10_an_implied_dir_after_a_middle_layer_deleted_it: Want::Umoci, [
+        [dir("a/").mode(0o700).owner(5, 5), file("a/f", b"f"), dir("d/").mode(0o711).owner(6, 6)],
+        [whiteout("a"), whiteout("d"), dir("d/").mode(0o755), file("d/new", b"n")],
+        [file("a/x", b"x"), file("d/y", b"y")],
+    ];
+    /// Issue 11, 10: a hard link to a lower file an opaque directory hid fails as umoci's does.
+    privileged_r11_10_a_link_to_a_file_an_opaque_dir_hid: Want::Refused("link"), [
+        [dir("d/"), file("d/f", b"secret")],
+        [dir("d/"), opaque("d")],
+        [hardlink("x", "d/f")],
+    ];
+    /// Issue 11, 11: a link to a lower file, then a regular file of the same name.
+    privileged_r11_11_a_link_then_a_file_of_the_same_name: Want::Umoci, [
+        [file("f", b"lower")],
+        [hardlink("l", "f"), file("l", b"own")],
+    ];
+    /// Issue 11, 12: `a -> ..` then `a/a/f`.
+    privileged_r11_12_a_symlink_to_dotdot: Want::Umoci, [
+        [symlink("a", ".."), file("a/a/f", b"f")],
+    ];
+    /// Issue 11, 23: an opaque marker at the layer root hides every lower root entry.
+    privileged_r11_23_an_opaque_marker_at_the_layer_root: Want::Umoci, [
+        [dir("etc/"), file("etc/a", b"a"), file("top", b"t"), dir("keep/"), file("keep/old", b"o")],
+        [opaque(""), dir("keep/"), file("keep/new", b"n"), file("fresh", b"f")],
+    ];
+}
