@@ -6,16 +6,18 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Run every test tier that needs no internet (unit, registry, local sources); needs the Debian tools .ci/run installs
+# Run every test tier that needs no internet (unit, registry, local sources; needs the Debian tools .ci/run installs); prints "N passed, N failed" even when tests fail
 test:
     #!/usr/bin/env bash
-    set -euo pipefail
+    set -uo pipefail
     mkdir -p target
-    cargo test --workspace --locked --all-targets 2>&1 | tee target/test.log
+    cargo test --workspace --locked --all-targets --no-fail-fast 2>&1 | tee target/test.log
+    status=${PIPESTATUS[0]}
     awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
+    exit "$status"
 
-# Formatting, lints, docs and tests: what a change must pass
-check: fmt-check clippy doc test
+# Formatting, lints, docs, the fuzz targets and tests: what a change must pass (what .ci/run runs)
+check: fmt-check clippy doc fuzz-build test
 
 # Format the code
 fmt:
@@ -32,6 +34,10 @@ clippy:
 # Build the docs, warnings are errors
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# Check that the fuzz targets (fuzz/, outside the workspace) still compile against the libraries
+fuzz-build:
+    cargo check --manifest-path fuzz/Cargo.toml --locked --bins
 
 # Tests that pull from Docker Hub and ghcr.io for real (needs internet; off by default)
 test-internet:

@@ -31,10 +31,10 @@ fn unpack_both_ways(reference: &ImageRef, dir: &Path) -> Vec<PathBuf> {
         let stream = source
             .blob(&layer.descriptor, &format!("layer {i}"))
             .unwrap();
-        let summary = extract(stream, hint, Some(&diff_id), &target, &Options::default())
+        let mut summary = extract(stream, hint, Some(&diff_id), &target, &Options::default())
             .unwrap_or_else(|e| panic!("{reference} layer {i} (overlay): {e}"));
         let lowers: Vec<&Path> = layer_dirs.iter().rev().map(PathBuf::as_path).collect();
-        fix_up(&target, &summary.fixups, &lowers)
+        fix_up(&target, &mut summary.fixups, &lowers)
             .unwrap_or_else(|e| panic!("{reference} layer {i} fix-up: {e}"));
         layer_dirs.push(target);
 

@@ -412,12 +412,23 @@ cases! {
     privileged_r11_05_a_pax_uid_past_32_bits_is_refused: Want::Refused("uid"), [
         [file("suid", b"s").mode(0o4755).owner(1 << 32, 0)],
     ];
+    /// Issue 11, 7: `lib -> usr/lib` below, `lib/libnew.so` above: the file
+    /// lands in usr/lib, and /lib stays the symlink (merged /usr).
+    privileged_r11_07_a_layer_writing_through_a_lower_symlinked_parent: Want::Umoci, [
+        [dir("usr/"), dir("usr/lib/"), file("usr/lib/libc.so", b"c"), file("usr/lib/old.so", b"o"), symlink("lib", "usr/lib")],
+        [file("lib/libnew.so", b"new"), whiteout("lib/old.so"), dir("lib/sub/").mode(0o700), file("lib/sub/x", b"x")],
+    ];
+    /// Issue 11, 7: an absolute symlinked parent, two levels deep.
+    privileged_r11_07_an_absolute_symlinked_parent_two_levels_deep: Want::Umoci, [
+        [dir("usr/"), dir("usr/lib/"), dir("usr/lib/x86/"), symlink("lib", "/usr/lib")],
+        [file("lib/x86/libnew.so", b"new")],
+    ];
     /// Issue 11, 10: an implied directory does not take the metadata of a
-    /// path a middle layer deleted.
+    /// path a middle layer deleted (`.wh.a`), or hid (`.wh.d` + `d/new`).
     privileged_r11_10_an_implied_dir_after_a_middle_layer_deleted_it: Want::Umoci, [
-        [dir("a/").mode(0o700).owner(5, 5), file("a/f", b"f"), dir("d/").mode(0o711).owner(6, 6)],
-        [whiteout("a"), whiteout("d"), dir("d/").mode(0o755), file("d/new", b"n")],
-        [file("a/x", b"x"), file("d/y", b"y")],
+        [dir("a/"), dir("a/b/").mode(0o700).owner(5, 5), dir("d/"), dir("d/e/").mode(0o711).owner(6, 6)],
+        [whiteout("a"), whiteout("d"), file("d/new", b"n")],
+        [file("a/b/x", b"x"), file("d/e/y", b"y")],
     ];
     /// Issue 11, 10: a hard link to a lower file an opaque directory hid fails as umoci's does.
     privileged_r11_10_a_link_to_a_file_an_opaque_dir_hid: Want::Refused("link"), [
@@ -425,18 +436,61 @@ cases! {
         [dir("d/"), opaque("d")],
         [hardlink("x", "d/f")],
     ];
+    /// Issue 11, 11: `.wh.d` then `d/e/new` in one layer.
+    privileged_r11_11_whiteout_then_a_deeper_recreation: Want::Umoci, [
+        [dir("d/"), file("d/old", b"o"), dir("d/e/"), file("d/e/old", b"o")],
+        [whiteout("d"), file("d/e/new", b"n")],
+    ];
     /// Issue 11, 11: a link to a lower file, then a regular file of the same name.
     privileged_r11_11_a_link_then_a_file_of_the_same_name: Want::Umoci, [
         [file("f", b"lower")],
         [hardlink("l", "f"), file("l", b"own")],
     ];
-    /// Issue 11, 12: `a -> ..` then `a/a/f`.
+    /// Issue 11, 11: a link to a link whose target is a lower file.
+    privileged_r11_11_a_link_to_a_link_to_a_lower_file: Want::Umoci, [
+        [file("f", b"lower")],
+        [hardlink("l1", "f"), hardlink("l2", "l1")],
+    ];
+    /// Issue 11, 12: a parent that is a symlink to a missing directory.
+    privileged_r11_12_a_symlinked_parent_to_a_missing_dir: Want::Umoci, [
+        [dir("opt/"), symlink("link", "/opt/x"), file("link/f", b"f")],
+    ];
+    /// Issue 11, 12: `a -> ..` then `a/a/f`, in one layer and across two.
     privileged_r11_12_a_symlink_to_dotdot: Want::Umoci, [
         [symlink("a", ".."), file("a/a/f", b"f")],
+    ];
+    privileged_r11_12_a_lower_symlink_to_dotdot: Want::Umoci, [
+        [symlink("a", "..")],
+        [file("a/a/f", b"f"), file("a/g", b"g")],
+    ];
+    /// Issue 11, 12: the symlink to a missing directory is in a lower layer.
+    privileged_r11_12_a_lower_symlink_to_a_missing_dir: Want::Umoci, [
+        [dir("opt/"), symlink("link", "/opt/x")],
+        [file("link/f", b"f")],
+    ];
+    /// Issue 11, 16: `a -> real`, `real/.wh..wh..opq`, `a/b`: the opaque
+    /// deletes only the lower content of real, not the layer's own b.
+    privileged_r11_16_an_opaque_keeps_what_the_layer_wrote_through_a_symlink: Want::Umoci, [
+        [dir("real/"), file("real/old", b"o")],
+        [symlink("a", "real"), opaque("real"), file("a/b", b"b")],
     ];
     /// Issue 11, 23: an opaque marker at the layer root hides every lower root entry.
     privileged_r11_23_an_opaque_marker_at_the_layer_root: Want::Umoci, [
         [dir("etc/"), file("etc/a", b"a"), file("top", b"t"), dir("keep/"), file("keep/old", b"o")],
         [opaque(""), dir("keep/"), file("keep/new", b"n"), file("fresh", b"f")],
+    ];
+    /// Issue 11, 24: a hard link whose target goes through a symlink of the same layer.
+    privileged_r11_24_a_link_target_through_a_same_layer_symlink: Want::Umoci, [
+        [dir("s/"), file("s/f", b"stale lower file")],
+        [dir("real/"), file("real/f", b"own"), whiteout("s"), symlink("s", "real"), hardlink("l", "s/f")],
+    ];
+    /// Issue 11, 25: a hard link to a symlink stays one inode.
+    privileged_r11_25_a_hard_link_to_a_symlink: Want::Umoci, [
+        [symlink("sym", "target"), hardlink("sym2", "sym")],
+    ];
+    /// Issue 11, 25: a hard link to a symlink of a lower layer.
+    privileged_r11_25_a_hard_link_to_a_lower_symlink: Want::Umoci, [
+        [symlink("sym", "target")],
+        [hardlink("sym2", "sym")],
     ];
 }

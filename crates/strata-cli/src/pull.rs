@@ -115,7 +115,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
         if !missing.contains(&i) {
             continue;
         }
-        let Extracted { tmp, summary } = results.next().expect("one result per missing layer");
+        let Extracted { tmp, mut summary } = results.next().expect("one result per missing layer");
         let lowers: Vec<std::path::PathBuf> = chains[..i]
             .iter()
             .rev()
@@ -123,7 +123,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             .collect();
         let lower_refs: Vec<&std::path::Path> =
             lowers.iter().map(std::path::PathBuf::as_path).collect();
-        strata_layer::fix_up(&tmp.diff(), &summary.fixups, &lower_refs).with_context(|| {
+        strata_layer::fix_up(&tmp.diff(), &mut summary.fixups, &lower_refs).with_context(|| {
             format!(
                 "fixing up layer {i} ({}) of {image}",
                 layers[i].descriptor.digest()
@@ -143,10 +143,9 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             whiteouts: summary.whiteouts,
             opaque_dirs: summary.opaque_dirs,
             tree_digest: Some(tree_digest),
-            form_notes: if summary.notes.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::to_value(&summary.notes)?
+            form_notes: match summary.notes() {
+                notes if notes.is_empty() => serde_json::Value::Null,
+                notes => serde_json::to_value(&notes)?,
             },
         })
         .with_context(|| format!("storing layer {i} of {image}"))?;

@@ -21,14 +21,37 @@ use crate::tree::ContentHashes;
 use crate::{Error, Fixups, Mode, Options, OverlayXattr, Result, Summary, sys};
 
 const COPY_BUFFER: usize = 256 << 10;
+/// Symlinks followed to resolve one path (the kernel's `MAXSYMLINKS`).
+pub(crate) const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Where a symlink at `link` (relative to the root) points, as a path
+/// relative to the root: absolute targets start at the root, and `..` never
+/// climbs above it.
+pub(crate) fn link_destination(link: &Path, target: &[u8]) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if target.starts_with(b"/") {
+        return clean(target);
+    }
+    let mut joined = parent(link).as_os_str().as_bytes().to_vec();
+    joined.push(b'/');
+    joined.extend_from_slice(target);
+    clean(&joined)
+}
 
 pub(crate) struct Writer<'o> {
     root: OwnedFd,
     opts: &'o Options,
     as_root: bool,
     escape_overlay_xattrs: bool,
-    /// Paths this layer wrote, and their ancestors.
+    /// Paths this layer wrote, and their ancestors. In apply mode they are
+    /// the resolved paths (a symlinked parent followed), so that an opaque
+    /// marker or a whiteout of the real path keeps what was written through
+    /// the symlink.
     touched: HashSet<PathBuf>,
+    /// The target's own path, to make descriptor paths relative to it.
+    root_path: Option<PathBuf>,
+    /// Apply mode: the last lexical parent and where it resolved.
+    parent_cache: Option<(PathBuf, PathBuf)>,
     /// Overlay mode: whiteout devices this layer made.
     whiteouts: HashSet<PathBuf>,
     /// Apply mode: directories to empty of lower content at the end.
@@ -82,11 +105,13 @@ impl<'o> Writer<'o> {
         let root = sys::open_root(target)
             .map_err(|e| Error::io("opening the target directory", target, e))?;
         Ok(Self {
+            root_path: sys::fd_path(&root),
             root,
             opts,
             as_root: sys::running_as_root(),
             escape_overlay_xattrs: opts.mode == Mode::Overlay && sys::kernel_at_least(6, 7),
             touched: HashSet::new(),
+            parent_cache: None,
             whiteouts: HashSet::new(),
             opaque: Vec::new(),
             dirs: BTreeMap::new(),
@@ -106,6 +131,38 @@ impl<'o> Writer<'o> {
     pub(crate) fn run(mut self, source: &mut dyn EntrySource) -> Result<Summary> {
         source.visit(&mut |entry, data| self.entry(entry, data))?;
         self.finish()
+    }
+
+    /// Apply mode: `dir` resolved through every symlink, as a path relative
+    /// to the target; overlay mode (and without `/proc`): `dir` itself.
+    fn resolved_dir(&self, dir: &Path) -> PathBuf {
+        if self.opts.mode != Mode::Apply || dir.as_os_str().is_empty() {
+            return dir.to_owned();
+        }
+        sys::resolve_dir(&self.root, dir)
+            .ok()
+            .and_then(|fd| sys::fd_path(&fd))
+            .zip(self.root_path.as_deref())
+            .and_then(|(full, root)| full.strip_prefix(root).ok().map(Path::to_owned))
+            .unwrap_or_else(|| dir.to_owned())
+    }
+
+    /// Apply mode: `path` with its parent resolved (the last component is
+    /// never followed), cached for consecutive entries of one directory.
+    fn resolved(&mut self, path: &Path) -> PathBuf {
+        if self.opts.mode != Mode::Apply || path.as_os_str().is_empty() {
+            return path.to_owned();
+        }
+        let lexical = parent(path);
+        if let Some((cached, real)) = &self.parent_cache
+            && cached == lexical
+        {
+            return real.join(base(path));
+        }
+        let real = self.resolved_dir(lexical);
+        let out = real.join(base(path));
+        self.parent_cache = Some((lexical.to_owned(), real));
+        out
     }
 
     fn touch(&mut self, path: &Path) {
@@ -139,25 +196,16 @@ impl<'o> Writer<'o> {
     /// root) when absent. Overlay mode records such directories so that the
     /// fix-up can give them the metadata the same path has below.
     fn ensure_dir(&mut self, rel: &Path, label: &str) -> Result<OwnedFd> {
+        self.ensure_dir_following(rel, label, 0)
+    }
+
+    /// [`Self::ensure_dir`], `hops` symlinks to missing directories deep.
+    fn ensure_dir_following(&mut self, rel: &Path, label: &str, hops: u32) -> Result<OwnedFd> {
         match sys::resolve_dir(&self.root, rel) {
             Ok(fd) => return Ok(fd),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
-                if self.opts.mode == Mode::Overlay && self.whiteouts.remove(rel) {
-                    // `.wh.d` then `d/x` in one layer: d is recreated, opaque.
-                    let pfd = sys::resolve_dir(&self.root, parent(rel))
-                        .map_err(|e| Error::io("opening", rel, e))?;
-                    rfs::unlinkat(&pfd, base(rel), AtFlags::empty())
-                        .map_err(|e| Error::io("replacing", rel, e))?;
-                    let fd = self.make_implied(&pfd, rel)?;
-                    self.set_opaque(&fd, rel)?;
-                    return Ok(fd);
-                }
-                return Err(Error::entry(
-                    label,
-                    format!("{} is not a directory", rel.display()),
-                ));
-            }
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc_enotdir()) => {}
             Err(e) => return Err(Error::io("opening", rel, e)),
         }
         if rel.as_os_str().is_empty() {
@@ -167,19 +215,46 @@ impl<'o> Writer<'o> {
                 io::Error::from(io::ErrorKind::NotFound),
             ));
         }
-        let pfd = self.ensure_dir(parent(rel), label)?;
-        self.make_implied(&pfd, rel)
+        // The parent first (it may be the one in the way), then this name.
+        let pfd = self.ensure_dir_following(parent(rel), label, hops)?;
+        let Some(st) = sys::lstat_at(&pfd, base(rel)).map_err(|e| Error::io("reading", rel, e))?
+        else {
+            return self.make_implied(&pfd, rel);
+        };
+        match sys::file_type(&st) {
+            FileType::Directory => {
+                sys::open_nofollow(&pfd, base(rel), true).map_err(|e| Error::io("opening", rel, e))
+            }
+            FileType::CharacterDevice
+                if self.opts.mode == Mode::Overlay && self.whiteouts.remove(rel) =>
+            {
+                // `.wh.d` then `d/x` in one layer: d is recreated, opaque.
+                rfs::unlinkat(&pfd, base(rel), AtFlags::empty())
+                    .map_err(|e| Error::io("replacing", rel, e))?;
+                let fd = self.make_implied(&pfd, rel)?;
+                self.set_opaque(&fd, rel)?;
+                Ok(fd)
+            }
+            FileType::Symlink if hops < MAX_SYMLINK_HOPS => {
+                // A symlink to a directory that does not exist: as umoci and
+                // Docker do, the directory is made at the link's destination,
+                // inside the root.
+                let target = rfs::readlinkat(&pfd, base(rel), Vec::new())
+                    .map_err(|e| Error::io("reading", rel, e))?;
+                let dest = link_destination(rel, target.as_bytes())?;
+                self.ensure_dir_following(&dest, label, hops + 1)?;
+                sys::resolve_dir(&self.root, rel).map_err(|e| Error::io("opening", rel, e))
+            }
+            _ => Err(Error::entry(
+                label,
+                format!("{} is not a directory", rel.display()),
+            )),
+        }
     }
 
     fn make_implied(&mut self, pfd: &OwnedFd, rel: &Path) -> Result<OwnedFd> {
         match rfs::mkdirat(pfd, base(rel), FsMode::from_raw_mode(0o755)) {
             Ok(()) => {}
-            Err(rustix::io::Errno::EXIST) => {
-                return Err(Error::entry(
-                    rel.to_string_lossy(),
-                    "a parent exists but is not a directory (a symlink to a missing directory?)",
-                ));
-            }
             Err(e) => return Err(Error::io("creating", rel, e)),
         }
         let fd =
@@ -189,7 +264,9 @@ impl<'o> Writer<'o> {
         if self.opts.mode == Mode::Overlay {
             self.implied.insert(rel.to_owned());
         }
-        self.touch(rel);
+        self.parent_cache = None;
+        let made = self.resolved(rel);
+        self.touch(&made);
         Ok(fd)
     }
 
@@ -203,6 +280,7 @@ impl<'o> Writer<'o> {
     fn opaque_marker(&mut self, dir: &Path, label: &str) -> Result<()> {
         self.summary.opaque_dirs += 1;
         self.ensure_dir(dir, label)?;
+        let dir = &self.resolved_dir(dir);
         self.touch(dir);
         match self.opts.mode {
             Mode::Overlay => {
@@ -220,6 +298,8 @@ impl<'o> Writer<'o> {
 
     fn whiteout(&mut self, target: &Path, label: &str) -> Result<()> {
         self.summary.whiteouts += 1;
+        self.parent_cache = None;
+        let target = &self.resolved(target);
         let is_dir = |pfd: &OwnedFd| {
             sys::lstat_at(pfd, base(target))
                 .ok()
@@ -343,8 +423,14 @@ impl<'o> Writer<'o> {
                 if target.as_os_str().is_empty() {
                     return Err(Error::entry(label, "a hard link to the root directory"));
                 }
-                if self.opts.mode == Mode::Overlay && !self.touched.contains(&target) {
-                    // The target is in a lower layer: copied in by the fix-up.
+                if self.opts.mode == Mode::Overlay && !self.in_this_layer(&target) {
+                    // The target is in a lower layer (or is a link to one):
+                    // copied in by the fix-up.
+                    let target = self
+                        .lower_links
+                        .iter()
+                        .find(|(link, _)| *link == target)
+                        .map_or(target, |(_, lower)| lower.clone());
                     self.lower_links.push((path.to_owned(), target));
                     self.touch(path);
                     return Ok(());
@@ -486,8 +572,23 @@ impl<'o> Writer<'o> {
                 self.node_metadata(&pfd, path, entry)?;
             }
         }
-        self.touch(path);
+        let written = self.resolved(path);
+        if entry.kind != Kind::File {
+            // A new directory or symlink may change where a parent resolves.
+            self.parent_cache = None;
+        }
+        self.touch(&written);
         Ok(())
+    }
+
+    /// Whether the layer directory holds `rel` (resolved inside it, through
+    /// this layer's own symlinks), other than as a whiteout.
+    fn in_this_layer(&self, rel: &Path) -> bool {
+        let Ok(pfd) = sys::resolve_dir(&self.root, parent(rel)) else {
+            return false;
+        };
+        matches!(sys::lstat_at(&pfd, base(rel)), Ok(Some(st))
+            if !(sys::file_type(&st) == FileType::CharacterDevice && st.st_rdev == 0))
     }
 
     /// Records a directory entry's mode and mtime for the end of the layer,
@@ -596,16 +697,15 @@ impl<'o> Writer<'o> {
         }
         self.summary.content = self.content.take().unwrap_or_default();
         if self.opts.mode == Mode::Overlay {
-            self.summary.notes.zero_devices = std::mem::take(&mut self.zero_devices);
             self.summary.fixups = Fixups {
                 implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
                 lower_links: std::mem::take(&mut self.lower_links),
                 whiteouts: std::mem::take(&mut self.whiteouts).into_iter().collect(),
                 opaque_dirs: std::mem::take(&mut self.opaque_dirs).into_iter().collect(),
                 root_listed: self.root_listed,
+                zero_devices: std::mem::take(&mut self.zero_devices),
             };
             self.summary.fixups.whiteouts.sort();
-            self.summary.notes.lower_links = self.summary.fixups.lower_links.clone();
         }
         Ok(self.summary)
     }

@@ -443,7 +443,9 @@ impl DirSource {
                     wh.extend_from_slice(name.as_bytes());
                     f(&stat_entry(wh, &st, Kind::Whiteout, Vec::new()), no_data)?;
                 }
-                FileType::RegularFile if self.lower_links.contains_key(&path) => {
+                FileType::RegularFile | FileType::Symlink | FileType::Fifo
+                    if self.lower_links.contains_key(&path) =>
+                {
                     let target = self.lower_links[&path].as_os_str().as_bytes().to_vec();
                     f(
                         &stat_entry(bytes, &st, Kind::Hardlink(target), Vec::new()),
@@ -467,7 +469,19 @@ impl DirSource {
                     let mut file = std::fs::File::from(fd);
                     f(&stat_entry(bytes, &st, Kind::File, xattrs), &mut file)?;
                 }
+                FileType::Symlink
+                    if st.st_nlink > 1 && links.contains_key(&(st.st_dev, st.st_ino)) =>
+                {
+                    let first = links[&(st.st_dev, st.st_ino)].clone();
+                    f(
+                        &stat_entry(bytes, &st, Kind::Hardlink(first), Vec::new()),
+                        no_data,
+                    )?;
+                }
                 FileType::Symlink => {
+                    if st.st_nlink > 1 {
+                        links.insert((st.st_dev, st.st_ino), bytes.clone());
+                    }
                     let target = rustix::fs::readlinkat(dir.as_fd(), &name, Vec::new())
                         .map_err(|e| Error::io("reading", &path, e))?;
                     let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Uid, XattrFlags};
 
+use crate::engine::{MAX_SYMLINK_HOPS, link_destination};
 use crate::{Error, Fixups, Result, sys};
 
 fn base(path: &Path) -> &OsStr {
@@ -193,7 +194,7 @@ fn inherit_dir_metadata(lowers: &Lowers, ours: &OwnedFd, rel: &Path, as_root: bo
 /// # Errors
 /// When a lower cannot be read, or a hard link's target is not a regular
 /// file in the merged view of the lowers.
-pub fn fix_up(target: &Path, fixups: &Fixups, lowers_top_first: &[&Path]) -> Result<()> {
+pub fn fix_up(target: &Path, fixups: &mut Fixups, lowers_top_first: &[&Path]) -> Result<()> {
     let root = sys::resolve_read(
         sys::open_root(target).map_err(|e| Error::io("opening", target, e))?,
         Path::new(""),
@@ -201,6 +202,8 @@ pub fn fix_up(target: &Path, fixups: &Fixups, lowers_top_first: &[&Path]) -> Res
     .map_err(|e| Error::io("opening", target, e))?;
     let lowers = Lowers::open(lowers_top_first)?;
     let as_root = sys::running_as_root();
+    follow_lower_symlinks(&root, fixups, &lowers)?;
+    let fixups = &*fixups;
     if !fixups.root_listed {
         inherit_dir_metadata(&lowers, &root, Path::new(""), as_root)?;
     }
@@ -210,6 +213,176 @@ pub fn fix_up(target: &Path, fixups: &Fixups, lowers_top_first: &[&Path]) -> Res
     }
     copy_lower_links(&root, fixups, &lowers, as_root)?;
     drop_what_hides_nothing(&root, fixups, &lowers)
+}
+
+/// Where `path` leads in the merged tree of this layer over its lowers,
+/// every symlink of either followed (inside the root, at most 40), the last
+/// component included.
+fn resolve_merged(root: &OwnedFd, lowers: &Lowers, path: &Path) -> Result<PathBuf> {
+    let mut path = path.to_owned();
+    let mut hops = 0;
+    'restart: loop {
+        let parts: Vec<&OsStr> = path.iter().collect();
+        let mut done = PathBuf::new();
+        for (i, part) in parts.iter().enumerate() {
+            let here = done.join(part);
+            let link = match sys::resolve_dir(root, &done)
+                .ok()
+                .and_then(|pfd| sys::lstat_at(&pfd, part).ok().flatten().map(|st| (pfd, st)))
+            {
+                // This layer holds the name: only its own symlink is followed.
+                Some((pfd, st)) => (sys::file_type(&st) == FileType::Symlink)
+                    .then(|| rfs::readlinkat(&pfd, *part, Vec::new()).ok())
+                    .flatten(),
+                None => match lowers.lookup(&here)? {
+                    Below::Found(pfd, st) if sys::file_type(&st) == FileType::Symlink => {
+                        rfs::readlinkat(&pfd, *part, Vec::new()).ok()
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(target) = link
+                && hops < MAX_SYMLINK_HOPS
+            {
+                hops += 1;
+                let mut next = link_destination(&here, target.as_bytes())?;
+                next.extend(&parts[i + 1..]);
+                path = next;
+                continue 'restart;
+            }
+            done = here;
+        }
+        return Ok(done);
+    }
+}
+
+/// `path` after the moves made so far (each `(from, to)` in order).
+fn moved(path: &Path, moves: &[(PathBuf, PathBuf)]) -> PathBuf {
+    let mut path = path.to_owned();
+    for (from, to) in moves {
+        if let Ok(rest) = path.strip_prefix(from) {
+            path = to.join(rest);
+        }
+    }
+    path
+}
+
+/// A directory this layer implies where the lowers show a symlink (`lib/x`
+/// over a lower `lib -> usr/lib`, the merged-/usr layout) would hide the
+/// symlink's destination behind a real directory. flatten, umoci and
+/// containerd follow the symlink, so its content moves to where the
+/// symlink leads, and the symlink shows through again. Every path the
+/// fix-up holds is rewritten to match.
+fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -> Result<()> {
+    let mut implied = fixups.implied_dirs.clone();
+    implied.sort_by_key(|p| p.components().count());
+    let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for dir in implied {
+        let dir = moved(&dir, &moves);
+        let Below::Found(pfd, st) = lowers.lookup(&dir)? else {
+            continue;
+        };
+        if sys::file_type(&st) != FileType::Symlink {
+            continue;
+        }
+        let target = rfs::readlinkat(&pfd, base(&dir), Vec::new())
+            .map_err(|e| Error::io("reading the lower symlink", &dir, e))?;
+        let dest = resolve_merged(root, lowers, &link_destination(&dir, target.as_bytes())?)?;
+        if dest.starts_with(&dir) {
+            // A link into itself: the directory stays where the tar put it.
+            continue;
+        }
+        make_dirs(root, &dest, &mut fixups.implied_dirs)?;
+        let pfd =
+            sys::resolve_dir(root, parent(&dir)).map_err(|e| Error::io("opening", &dir, e))?;
+        // Out of the way first when it would merge into its own ancestor
+        // (`a -> ..`).
+        let staged = parent(&dir).join(format!(".strata-moving-{}", std::process::id()));
+        rfs::renameat(&pfd, base(&dir), &pfd, base(&staged))
+            .map_err(|e| Error::io("moving", &dir, e))?;
+        merge_into(root, &staged, &dest)?;
+        rfs::unlinkat(&pfd, base(&staged), AtFlags::REMOVEDIR)
+            .map_err(|e| Error::io("removing the moved directory", &dir, e))?;
+        tracing::debug!(from = %dir.display(), to = %dest.display(), "followed a lower symlink");
+        moves.push((dir, dest));
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let gone: BTreeSet<&PathBuf> = moves.iter().map(|(from, _)| from).collect();
+    fixups.implied_dirs = fixups
+        .implied_dirs
+        .iter()
+        .filter(|d| !gone.contains(d))
+        .map(|d| moved(d, &moves))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (link, _) in &mut fixups.lower_links {
+        *link = moved(link, &moves);
+    }
+    for path in &mut fixups.whiteouts {
+        *path = moved(path, &moves);
+    }
+    for path in &mut fixups.opaque_dirs {
+        *path = moved(path, &moves);
+    }
+    for dev in &mut fixups.zero_devices {
+        dev.path = moved(&dev.path, &moves);
+    }
+    Ok(())
+}
+
+/// Makes every missing directory of `dest` in this layer (each recorded as
+/// implied, to take the lowers' metadata).
+fn make_dirs(root: &OwnedFd, dest: &Path, implied: &mut Vec<PathBuf>) -> Result<()> {
+    let mut done = PathBuf::new();
+    for part in dest {
+        let pfd = sys::resolve_dir(root, &done).map_err(|e| Error::io("opening", &done, e))?;
+        done.push(part);
+        match sys::lstat_at(&pfd, part).map_err(|e| Error::io("reading", &done, e))? {
+            Some(st) if sys::file_type(&st) == FileType::Directory => {}
+            Some(_) => {
+                return Err(Error::entry(
+                    done.to_string_lossy(),
+                    "a lower symlink leads here, but this layer holds a non-directory",
+                ));
+            }
+            None => {
+                rfs::mkdirat(&pfd, part, Mode::from_raw_mode(0o755))
+                    .map_err(|e| Error::io("creating", &done, e))?;
+                implied.push(done.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves everything in this layer's `from` into its `to`, merging
+/// directories; where both hold a name, what came through the symlink wins.
+fn merge_into(root: &OwnedFd, from: &Path, to: &Path) -> Result<()> {
+    let ffd = sys::resolve_read(root, from).map_err(|e| Error::io("opening", from, e))?;
+    let tfd = sys::resolve_read(root, to).map_err(|e| Error::io("opening", to, e))?;
+    for name in sys::list_dir(&ffd).map_err(|e| Error::io("listing", from, e))? {
+        let (src, dst) = (from.join(&name), to.join(&name));
+        let theirs = sys::lstat_at(&tfd, &name).map_err(|e| Error::io("reading", &dst, e))?;
+        let ours = sys::lstat_at(&ffd, &name).map_err(|e| Error::io("reading", &src, e))?;
+        let is_dir = |st: &Option<rfs::Stat>| {
+            st.as_ref()
+                .is_some_and(|st| sys::file_type(st) == FileType::Directory)
+        };
+        if is_dir(&theirs) && is_dir(&ours) {
+            merge_into(root, &src, &dst)?;
+            rfs::unlinkat(&ffd, &name, AtFlags::REMOVEDIR)
+                .map_err(|e| Error::io("removing the moved directory", &src, e))?;
+            continue;
+        }
+        if theirs.is_some() {
+            sys::remove_all_at(&tfd, &name).map_err(|e| Error::io("replacing", &dst, e))?;
+        }
+        rfs::renameat(&ffd, &name, &tfd, &name).map_err(|e| Error::io("moving", &src, e))?;
+    }
+    Ok(())
 }
 
 /// Hard links to lower files become copies; links to one lower file stay
@@ -226,7 +399,11 @@ fn copy_lower_links(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers, as_root: b
                 .map_err(|e| Error::io("linking", link, e))?;
             continue;
         }
-        let Below::Found(lpfd, st) = lowers.lookup(target_path)? else {
+        // The target's parents as the merged tree resolves them (a lower
+        // `lib -> usr/lib` followed).
+        let real_target =
+            resolve_merged(root, lowers, parent(target_path))?.join(base(target_path));
+        let Below::Found(lpfd, st) = lowers.lookup(&real_target)? else {
             return Err(Error::entry(
                 link.to_string_lossy(),
                 format!(
@@ -235,47 +412,84 @@ fn copy_lower_links(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers, as_root: b
                 ),
             ));
         };
-        if sys::file_type(&st) != FileType::RegularFile {
-            return Err(Error::entry(
-                link.to_string_lossy(),
-                format!(
-                    "hard link target {} below is not a regular file",
-                    target_path.display()
-                ),
-            ));
-        }
-        let src = sys::open_nofollow(&lpfd, base(target_path), false)
-            .map_err(|e| Error::io("opening", target_path, e))?;
-        let dst = rfs::openat(
-            &pfd,
-            base(link),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| Error::io("creating", link, e))?;
-        let (mut src_file, mut dst_file) = (std::fs::File::from(src), std::fs::File::from(dst));
-        std::io::copy(&mut src_file, &mut dst_file)
-            .map_err(|e| Error::io("copying into", link, e))?;
-        let (src, dst) = (OwnedFd::from(src_file), OwnedFd::from(dst_file));
-        if as_root {
-            rfs::fchown(
-                &dst,
-                Some(Uid::from_raw(st.st_uid)),
-                Some(Gid::from_raw(st.st_gid)),
-            )
-            .map_err(|e| Error::io("setting the owner of", link, e))?;
-        }
-        rfs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777))
-            .map_err(|e| Error::io("setting the mode of", link, e))?;
-        copy_xattrs(&src, &dst, link)?;
-        rfs::futimens(
-            &dst,
-            &sys::times(st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
-        )
-        .map_err(|e| Error::io("setting the mtime of", link, e))?;
+        copy_node(&lpfd, target_path, &st, &pfd, link, as_root)?;
         copied.insert(target_path, link);
     }
     Ok(())
+}
+
+/// Makes `link` in this layer a copy of the lower node `target` (a file's
+/// bytes, a symlink's target, a fifo or device) with its owner, mode,
+/// xattrs and mtime: the overlay form of a hard link across layers.
+fn copy_node(
+    lpfd: &OwnedFd,
+    target: &Path,
+    st: &rfs::Stat,
+    pfd: &OwnedFd,
+    link: &Path,
+    as_root: bool,
+) -> Result<()> {
+    let kind = sys::file_type(st);
+    let name = base(link);
+    match kind {
+        FileType::RegularFile => {
+            let src = sys::open_nofollow(lpfd, base(target), false)
+                .map_err(|e| Error::io("opening", target, e))?;
+            let dst = rfs::openat(
+                pfd,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| Error::io("creating", link, e))?;
+            let (mut src_file, mut dst_file) = (std::fs::File::from(src), std::fs::File::from(dst));
+            std::io::copy(&mut src_file, &mut dst_file)
+                .map_err(|e| Error::io("copying into", link, e))?;
+            copy_xattrs(&OwnedFd::from(src_file), &OwnedFd::from(dst_file), link)?;
+        }
+        FileType::Symlink => {
+            let to = rfs::readlinkat(lpfd, base(target), Vec::new())
+                .map_err(|e| Error::io("reading", target, e))?;
+            rfs::symlinkat(to.as_c_str(), pfd, name)
+                .map_err(|e| Error::io("creating the symlink", link, e))?;
+        }
+        FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+            rfs::mknodat(pfd, name, kind, Mode::empty(), st.st_rdev)
+                .map_err(|e| Error::io("creating", link, e))?;
+        }
+        _ => {
+            return Err(Error::entry(
+                link.to_string_lossy(),
+                format!("hard link target {} below is a directory", target.display()),
+            ));
+        }
+    }
+    if as_root {
+        rfs::chownat(
+            pfd,
+            name,
+            Some(Uid::from_raw(st.st_uid)),
+            Some(Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("setting the owner of", link, e))?;
+    }
+    if kind != FileType::Symlink {
+        rfs::chmodat(
+            pfd,
+            name,
+            Mode::from_raw_mode(st.st_mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| Error::io("setting the mode of", link, e))?;
+    }
+    rfs::utimensat(
+        pfd,
+        name,
+        &sys::times(st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| Error::io("setting the mtime of", link, e))
 }
 
 /// Whiteouts and opaque marks apply only to what the lowers show: drop

@@ -112,6 +112,8 @@ pub struct Fixups {
     /// Whether the layer listed its root (`./`); if not, the root takes the
     /// metadata of the root below, as an implied directory does.
     pub root_listed: bool,
+    /// Real char 0:0 devices, left out of the directory (see [`FormNotes`]).
+    pub zero_devices: Vec<ZeroDevice>,
 }
 
 impl Fixups {
@@ -146,10 +148,19 @@ pub struct Summary {
     pub fixups: Fixups,
     /// What [`Options::content_hashes`] asked for (else empty).
     pub content: ContentHashes,
-    /// Overlay mode: what the layer directory cannot say by itself; the
-    /// caller keeps it beside the directory and hands it back to
-    /// [`DirSource::with_notes`].
-    pub notes: FormNotes,
+}
+
+impl Summary {
+    /// Overlay mode, after [`fix_up`]: what the layer directory cannot say
+    /// by itself. The caller keeps it beside the directory and hands it back
+    /// to [`DirSource::with_notes`].
+    #[must_use]
+    pub fn notes(&self) -> FormNotes {
+        FormNotes {
+            zero_devices: self.fixups.zero_devices.clone(),
+            lower_links: self.fixups.lower_links.clone(),
+        }
+    }
 }
 
 /// What a layer directory in overlay form cannot hold, kept beside it (the

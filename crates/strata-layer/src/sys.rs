@@ -113,6 +113,13 @@ pub(crate) fn remove_all_at(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
     Ok(())
 }
 
+/// The path the kernel has for an open descriptor (`/proc/self/fd`), if
+/// `/proc` is there.
+pub(crate) fn fd_path(fd: impl AsFd) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).ok()
+}
+
 /// Timestamps with atime = mtime.
 pub(crate) fn times(secs: i64, nanos: u32) -> Timestamps {
     let t = Timespec {

@@ -582,7 +582,7 @@ fn hardlink_to_a_lower_layers_file() {
     )
     .unwrap();
     let upper = dir();
-    let s = layer(
+    let mut s = layer(
         &[
             E::Link("bin/alias", "bin/tool"),
             E::Link("bin/alias2", "bin/tool"),
@@ -592,7 +592,7 @@ fn hardlink_to_a_lower_layers_file() {
     )
     .unwrap();
     assert_eq!(s.fixups.lower_links.len(), 2);
-    fix_up(upper.path(), &s.fixups, &[lower.path()]).unwrap();
+    fix_up(upper.path(), &mut s.fixups, &[lower.path()]).unwrap();
     let copy = std::fs::metadata(upper.path().join("bin/alias")).unwrap();
     assert_eq!(
         std::fs::read(upper.path().join("bin/alias")).unwrap(),
@@ -610,8 +610,8 @@ fn hardlink_to_a_lower_layers_file() {
     );
     // A link to nothing anywhere is an error naming it.
     let lonely = dir();
-    let s = layer(&[E::Link("x", "missing")], lonely.path(), Mode::Overlay).unwrap();
-    let err = fix_up(lonely.path(), &s.fixups, &[lower.path()]).unwrap_err();
+    let mut s = layer(&[E::Link("x", "missing")], lonely.path(), Mode::Overlay).unwrap();
+    let err = fix_up(lonely.path(), &mut s.fixups, &[lower.path()]).unwrap_err();
     assert!(
         err.to_string()
             .contains("missing is in neither this layer nor the layers below"),
@@ -647,7 +647,7 @@ fn an_implied_tmp_keeps_the_sticky_mode_from_below() {
     )
     .unwrap();
     let upper = dir();
-    let s = layer(
+    let mut s = layer(
         &[E::File("tmp/x", b"x"), E::File("fresh/y", b"y")],
         upper.path(),
         Mode::Overlay,
@@ -657,7 +657,7 @@ fn an_implied_tmp_keeps_the_sticky_mode_from_below() {
         s.fixups.implied_dirs,
         vec![PathBuf::from("fresh"), PathBuf::from("tmp")]
     );
-    fix_up(upper.path(), &s.fixups, &[lower.path()]).unwrap();
+    fix_up(upper.path(), &mut s.fixups, &[lower.path()]).unwrap();
     let mode = |p: &str| std::fs::metadata(upper.path().join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("tmp"), 0o1777, "the merged /tmp must stay 1777");
     assert_eq!(mode("fresh"), 0o755, "with nothing below, 0755");
@@ -1149,7 +1149,7 @@ fn tree_digest_from_extraction_matches_a_full_read_and_sees_changes() {
         content_hashes: true,
         ..opts(Mode::Overlay)
     };
-    let summary = extract(
+    let mut summary = extract(
         std::io::Cursor::new(tar_of(&entries)),
         None,
         None,
@@ -1157,7 +1157,7 @@ fn tree_digest_from_extraction_matches_a_full_read_and_sees_changes() {
         &options,
     )
     .unwrap();
-    fix_up(d.path(), &summary.fixups, &[lower.path()]).unwrap();
+    fix_up(d.path(), &mut summary.fixups, &[lower.path()]).unwrap();
     assert!(!summary.content.is_empty());
     let recorded = crate::tree_digest(d.path(), &summary.content).unwrap();
     let none = crate::ContentHashes::default();
