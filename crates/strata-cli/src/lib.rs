@@ -85,13 +85,13 @@ pub enum Command {
     /// Show an image's config and layer table
     Inspect(commands::inspect::InspectArgs),
     /// List the merged tree or one layer's entries
-    Ls(commands::inspect::LsArgs),
+    Ls(commands::ls::LsArgs),
     /// Show which layer provides a path
-    Which(commands::inspect::WhichArgs),
+    Which(commands::which::WhichArgs),
     /// Show what each layer adds, modifies and deletes
-    Diff(commands::inspect::DiffArgs),
+    Diff(commands::diff::DiffArgs),
     /// Measure bytes wasted on files overwritten or deleted by later layers
-    Waste(commands::inspect::WasteArgs),
+    Waste(commands::waste::WasteArgs),
     /// Print an image's manifest or index
     Manifest(commands::manifest::ManifestArgs),
     /// Print an image's config
@@ -139,11 +139,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Rm(args) => commands::images::run_rm(args, &ctx, &mut out),
         Command::Gc => commands::images::run_gc(&ctx, &mut out),
         Command::Fsck(args) => commands::fsck::run(args, &ctx, &mut out),
-        Command::Inspect(args) => commands::inspect::run_inspect(args, &ctx, &mut out),
-        Command::Ls(args) => commands::inspect::run_ls(args, &ctx, &mut out),
-        Command::Which(args) => commands::inspect::run_which(args, &ctx, &mut out),
-        Command::Diff(args) => commands::inspect::run_diff(args, &ctx, &mut out),
-        Command::Waste(args) => commands::inspect::run_waste(args, &ctx, &mut out),
+        Command::Inspect(args) => commands::inspect::run(args, &ctx, &mut out),
+        Command::Ls(args) => commands::ls::run(args, &ctx, &mut out),
+        Command::Which(args) => commands::which::run(args, &ctx, &mut out),
+        Command::Diff(args) => commands::diff::run(args, &ctx, &mut out),
+        Command::Waste(args) => commands::waste::run(args, &ctx, &mut out),
         Command::Manifest(args) => commands::manifest::run(args, &cli.registry, &mut out),
         Command::Config(args) => commands::config::run(args, &cli.registry, &mut out),
     }

@@ -26,6 +26,7 @@ mod error;
 mod fixup;
 mod index;
 mod names;
+mod report;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -39,6 +40,7 @@ pub use entry::{DirSource, Entry, EntrySource, Kind};
 pub use error::{Error, Result};
 pub use fixup::fix_up;
 pub use index::{ChangeKind, LayerIndex, Merged, Node, Visible, index_source, index_stream, merge};
+pub use report::{Waste, WastedPath, waste};
 pub use sys::running_as_root;
 pub use tree::{ContentHashes, tree_digest};
 

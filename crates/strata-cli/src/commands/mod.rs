@@ -2,10 +2,15 @@
 
 pub mod bundle;
 pub mod config;
+pub mod diff;
 pub mod flatten;
+pub mod format;
 pub mod fsck;
 pub mod images;
 pub mod inspect;
+pub mod ls;
 pub mod manifest;
 pub mod mount;
 pub mod pull;
+pub mod waste;
+pub mod which;
