@@ -141,6 +141,56 @@ fn rw_mount_writes_land_in_the_upper_and_layers_are_untouched() {
         upper.to_str().unwrap()
     );
     assert!(upper.join("new-file").exists(), "--keep keeps the upper");
+
+    // Issue 11, 20: the next mount at the same path gets its own upper; the
+    // kept one is listed, never reused, and survives that mount's umount.
+    let again = env.json(&["mount", "--rw", &image, rootfs.to_str().unwrap()]);
+    let second = PathBuf::from(again["upper"].as_str().unwrap());
+    assert_ne!(second, upper, "a kept upper is never reused");
+    assert!(
+        !rootfs.join("new-file").exists(),
+        "the old changes show again"
+    );
+    let mounts = env.json(&["mounts"]);
+    let kept_uppers: Vec<_> = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["kept_upper"].as_str())
+        .collect();
+    assert_eq!(kept_uppers, [upper.to_str().unwrap()], "{mounts}");
+    run_ok(env.strata().args(["umount", rootfs.to_str().unwrap()]));
+    run_ok(env.strata().arg("gc"));
+    assert!(
+        upper.join("new-file").exists(),
+        "umount and gc keep a kept upper"
+    );
+    assert!(
+        !second.exists(),
+        "umount without --keep removes its own upper"
+    );
+}
+
+/// Issue 11, 19: a mountpoint inside the store is refused (a later open's
+/// tmp/ clean-up, gc or fsck would meet the mount), before anything is made.
+#[test]
+fn a_mountpoint_inside_the_store_is_refused() {
+    let env = Env::new();
+    let image = format!("oci:{}:latest", busybox_layout().display());
+    run_ok(env.strata().args(["pull", &image]));
+    for inside in ["tmp/x", "mounts/x", "layers", "x"] {
+        let dir = env.store().join(inside);
+        let (code, stderr) =
+            run_err(
+                env.strata()
+                    .args(["mount", "--rw", &image, dir.to_str().unwrap()]),
+            );
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("inside the store"), "{inside}: {stderr}");
+        assert!(!is_mounted(&dir), "{inside} was mounted");
+    }
+    assert!(!env.store().join("tmp/x").exists(), "nothing was created");
+    assert_eq!(env.json(&["mounts"]), serde_json::json!([]));
 }
 
 #[test]
@@ -512,7 +562,10 @@ fn mount_errors_a_user_will_meet_are_clear() {
             env.strata()
                 .args(["mount", &image, env.path("m").to_str().unwrap()]),
         );
-    assert_eq!(code, 1);
+    assert_eq!(
+        code, 3,
+        "an image not in the store exits 3, as the README says"
+    );
     assert!(
         stderr.contains("is not in the store") && stderr.contains("pull-and-mount"),
         "{stderr}"

@@ -22,6 +22,11 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         {
             return INTEGRITY;
         }
+        if let Some(strata_stack::Error::UnknownImage { .. }) =
+            cause.downcast_ref::<strata_stack::Error>()
+        {
+            return NOT_FOUND;
+        }
         let registry = cause.downcast_ref::<RegistryError>().or_else(|| {
             cause
                 .downcast_ref::<std::io::Error>()

@@ -61,7 +61,7 @@ const AFTER_HELP: &str = "Examples:\n  strata pull-and-mount alpine:latest ./roo
 pub enum Command {
     /// Pull an image and mount it as a rootfs at DIR
     #[command(name = "pull-and-mount")]
-    PullAndMount(commands::mount::MountArgs),
+    PullAndMount(commands::mount::PullAndMountArgs),
     /// Fetch an image's layers into the store
     Pull(commands::pull::PullArgs),
     /// Mount a pulled image at DIR

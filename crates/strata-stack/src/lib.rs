@@ -12,6 +12,7 @@ mod chain;
 mod error;
 mod fsck;
 mod mount;
+mod remove;
 mod store;
 
 pub use chain::chain_ids;

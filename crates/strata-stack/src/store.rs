@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::remove::remove_tree;
 use crate::{Error, Result};
 
 /// What the store knows of one extracted layer.
@@ -107,6 +108,11 @@ pub struct MountRecord {
     pub chain_ids: Vec<String>,
     /// Whether it has an upper directory.
     pub writable: bool,
+    /// Unmounted with `--keep`: only the upper is left, for the user (and
+    /// `strata commit`). Never reused by a later mount, never removed
+    /// implicitly; its layers stay (the upper means nothing without them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// What `gc` removed.
@@ -205,21 +211,6 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes a directory tree (or a file: `tmp/` holds both).
-pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
-    let removed = if is_dir {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    match removed {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("removing", path, e)),
-    }
-}
-
 impl Store {
     /// The default location: `/var/lib/strata` for root, else
     /// `$XDG_DATA_HOME/strata` or `~/.local/share/strata`.
@@ -270,7 +261,11 @@ impl Store {
         for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io("listing", &tmp, e))? {
             let path = entry.map_err(|e| Error::io("listing", &tmp, e))?.path();
             tracing::info!(path = %path.display(), "removing the leftover of an interrupted run");
-            remove_tree(&path)?;
+            // A leftover that cannot go (a mount inside it) never stops the
+            // store from opening; the next exclusive open tries again.
+            if let Err(e) = remove_tree(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover in tmp/");
+            }
         }
         Ok(())
     }
@@ -545,8 +540,16 @@ impl Store {
     pub fn remove_mount(&self, id: &str, keep_upper: bool) -> Result<()> {
         let dir = self.mount_dir(id);
         if keep_upper {
-            let record = dir.join("mount.json");
-            std::fs::remove_file(&record).map_err(|e| Error::io("removing", &record, e))?;
+            let path = dir.join("mount.json");
+            let mut record: MountRecord = read_json(&path)?.ok_or_else(|| {
+                Error::io(
+                    "reading",
+                    &path,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                )
+            })?;
+            record.kept = true;
+            self.put_mount(&record)?;
             remove_tree(&dir.join("work"))
         } else {
             remove_tree(&dir)
@@ -780,6 +783,7 @@ mod tests {
                 digest: d2.clone(),
                 chain_ids: vec![b.clone()],
                 writable: false,
+                kept: false,
             })
             .unwrap();
         assert!(store.gc().unwrap().removed.is_empty());

@@ -18,7 +18,22 @@ use crate::pull::{pull, store_name};
     after_help = "Examples:\n  strata mount alpine:latest ./rootfs\n  strata mount --rw alpine:latest ./rootfs   # writes go to the store's mounts/ID/upper\n  strata umount ./rootfs"
 )]
 pub struct MountArgs {
-    /// The image (as it was pulled, or its manifest digest)
+    /// The image, as it was pulled (or its manifest digest)
+    pub image: ImageRef,
+    /// The mountpoint; created if missing, must be empty
+    pub dir: PathBuf,
+    /// Add an upper directory so the rootfs is writable
+    #[arg(long)]
+    pub rw: bool,
+}
+
+/// Pull an image (only the layers the store lacks), then mount it as a rootfs
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  strata pull-and-mount alpine:latest ./rootfs\n  strata pull-and-mount --rw oci:./layout:v1 ./rootfs   # writes go to the store's mounts/ID/upper\n  pull-and-mount docker-archive:saved.tar ./rootfs\n  strata umount ./rootfs"
+)]
+pub struct PullAndMountArgs {
+    /// The image: a registry reference, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]
     pub image: ImageRef,
     /// The mountpoint; created if missing, must be empty
     pub dir: PathBuf,
@@ -40,8 +55,18 @@ pub struct UmountArgs {
     pub keep: bool,
 }
 
+/// A new mount's id: unique per mount, never derived from the mountpoint
+/// alone, so a later mount at the same path never picks up an upper that
+/// `umount --keep` kept.
 fn mount_id(mountpoint: &Path) -> String {
-    hex::encode(&Sha256::digest(mountpoint.as_os_str().as_encoded_bytes())[..8])
+    let mut h = Sha256::new();
+    h.update(mountpoint.as_os_str().as_encoded_bytes());
+    h.update(std::process::id().to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(now.as_nanos().to_le_bytes());
+    hex::encode(&h.finalize()[..8])
 }
 
 fn find_image(store: &Store, image: &ImageRef) -> Result<ImageRecord> {
@@ -74,11 +99,27 @@ or use `strata flatten IMAGE DIR`, which needs no mount and no root"
 }
 
 /// Checks the mountpoint (creating it when missing) and returns its absolute path.
-fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
+fn prepare_mountpoint(store: &Store, dir: &Path) -> Result<PathBuf> {
+    let inside_store = |abs: &Path| -> Result<()> {
+        if abs.starts_with(store.root()) {
+            bail!(
+                "{} is inside the store ({}); mount somewhere else: the store's own \
+clean-up and gc must never meet a mount",
+                dir.display(),
+                store.root().display()
+            );
+        }
+        Ok(())
+    };
     if !dir.exists() {
+        // Refuse before creating anything inside the store.
+        if let Some(parent) = dir.parent().and_then(|p| std::fs::canonicalize(p).ok()) {
+            inside_store(&parent.join(dir.file_name().unwrap_or_default()))?;
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let abs = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    inside_store(&abs)?;
     if !abs.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
@@ -120,7 +161,7 @@ fn mount_image(
             store_name(image)
         );
     }
-    let mountpoint = prepare_mountpoint(dir)?;
+    let mountpoint = prepare_mountpoint(store, dir)?;
     let id = mount_id(&mountpoint);
     let upper = if rw {
         let base = store.mount_dir(&id);
@@ -139,6 +180,7 @@ fn mount_image(
         digest: record.digest.clone(),
         chain_ids: chain_ids.clone(),
         writable: rw,
+        kept: false,
     };
     // The record first: gc never removes the layers of a mount being made.
     store.put_mount(&mount_record)?;
@@ -187,12 +229,12 @@ pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()
 }
 
 /// `strata pull-and-mount`.
-pub fn run_pull_and_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+pub fn run_pull_and_mount(args: &PullAndMountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     require_root()?;
     let store = ctx.store()?;
     if args.dir.exists() {
         // Fail before downloading anything if the mountpoint will not do.
-        prepare_mountpoint(&args.dir)?;
+        prepare_mountpoint(&store, &args.dir)?;
     }
     let pulled = pull(ctx, &store, &args.image)?;
     mount_image(
@@ -214,7 +256,7 @@ pub fn run_umount(args: &UmountArgs, ctx: &Context, out: &mut Output) -> Result<
     let record = store
         .mounts()?
         .into_iter()
-        .find(|m| m.mountpoint == mountpoint);
+        .find(|m| m.mountpoint == mountpoint && !m.kept);
     let mounted = is_mountpoint(&mountpoint)?;
     let Some(record) = record else {
         if mounted {
@@ -245,7 +287,7 @@ pub fn run_mounts(ctx: &Context, out: &mut Output) -> Result<()> {
     let store = ctx.store()?;
     let mut live = Vec::new();
     for m in store.mounts()? {
-        let mounted = is_mountpoint(&m.mountpoint)?;
+        let mounted = !m.kept && is_mountpoint(&m.mountpoint)?;
         live.push((m, mounted));
     }
     if ctx.store_args.json {
@@ -254,15 +296,21 @@ pub fn run_mounts(ctx: &Context, out: &mut Output) -> Result<()> {
                 .map(|(m, mounted)| serde_json::json!({
                     "mountpoint": m.mountpoint, "image": m.image, "digest": m.digest,
                     "layers": m.chain_ids.len(), "writable": m.writable, "mounted": mounted,
+                    "kept_upper": m.kept.then(|| store.mount_dir(&m.id).join("upper")),
                 }))
                 .collect::<Vec<_>>()
         ));
     }
     for (m, mounted) in live {
-        let state = if mounted {
-            ""
+        let state = if m.kept {
+            format!(
+                "  (kept upper: {})",
+                store.mount_dir(&m.id).join("upper").display()
+            )
+        } else if mounted {
+            String::new()
         } else {
-            "  (not mounted: `strata umount` removes the record)"
+            "  (not mounted: `strata umount` removes the record)".to_owned()
         };
         out.line(&format!(
             "{}\t{}\t{} layers\t{}{state}",
