@@ -494,3 +494,59 @@ cases! {
         [hardlink("sym2", "sym")],
     ];
 }
+
+/// Issue 11, 27: a later layer that deletes a child (or adds one) does not
+/// change the parent's mtime: umoci restores it from the layer that set it,
+/// and so do strata's three paths.
+#[test]
+fn privileged_r11_27_a_parents_mtime_survives_a_later_layers_changes() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let layout = env.path("layout");
+    let tars = [
+        layer(&[
+            dir("d/").mtime(1_111_111_111),
+            file("d/x", b"x"),
+            dir("e/").mtime(1_222_222_222),
+            dir("f/").mtime(1_333_333_333),
+            file("f/old", b"o"),
+        ]),
+        layer(&[whiteout("d/x"), file("e/new", b"n"), opaque("f")]),
+    ];
+    write_layout(&layout, "t", &tars, &["/bin/sh"]);
+    let image = format!("oci:{}:t", layout.display());
+    umoci(&layout, &env.path("bundle")).unwrap();
+    let mtimes = |root: &Path| -> Vec<i64> {
+        ["d", "e", "f"]
+            .iter()
+            .map(|p| std::fs::metadata(root.join(p)).unwrap().mtime())
+            .collect()
+    };
+    let theirs = mtimes(&env.path("bundle/rootfs"));
+    assert_eq!(theirs, [1_111_111_111, 1_222_222_222, 1_333_333_333]);
+    run_ok(
+        crate::util::strata()
+            .arg("--store")
+            .arg(env.path("no-store"))
+            .args(["flatten", &image])
+            .arg(env.path("streamed")),
+    );
+    assert_eq!(mtimes(&env.path("streamed")), theirs, "streamed flatten");
+    run_ok(
+        env.strata()
+            .args(["pull-and-mount", &image])
+            .arg(env.path("mnt")),
+    );
+    assert_eq!(mtimes(&env.path("mnt")), theirs, "the mount");
+    run_ok(
+        env.strata()
+            .args(["flatten", &image])
+            .arg(env.path("stored")),
+    );
+    assert_eq!(
+        mtimes(&env.path("stored")),
+        theirs,
+        "flatten from the store"
+    );
+    run_ok(env.strata().arg("umount").arg(env.path("mnt")));
+}

@@ -6,7 +6,7 @@
 //! their content, so a read-only directory can still be filled and keeps the
 //! mtime the tar gave it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -67,6 +67,11 @@ pub(crate) struct Writer<'o> {
     opaque_dirs: BTreeSet<PathBuf>,
     /// Whether the layer listed its root (`./`).
     root_listed: bool,
+    /// Apply mode: the mtimes of lower directories this layer changes
+    /// without listing them (by inode, with a path), restored at the end as
+    /// umoci restores them: adding or deleting a child is not a change the
+    /// image made to the directory.
+    parent_mtimes: HashMap<(u64, u64), (PathBuf, rfs::Timespec)>,
     implied: BTreeSet<PathBuf>,
     lower_links: Vec<(PathBuf, PathBuf)>,
     summary: Summary,
@@ -118,6 +123,7 @@ impl<'o> Writer<'o> {
             zero_devices: Vec::new(),
             opaque_dirs: BTreeSet::new(),
             root_listed: false,
+            parent_mtimes: HashMap::new(),
             implied: BTreeSet::new(),
             lower_links: Vec::new(),
             summary: Summary::default(),
@@ -336,6 +342,7 @@ impl<'o> Writer<'o> {
                     }
                     Err(e) => return Err(Error::io("opening", parent(target), e)),
                 };
+                self.keep_parent_mtime(&pfd, parent(target));
                 sys::remove_all_at(&pfd, base(target)).map_err(|e| Error::io("deleting", target, e))
             }
             Mode::Overlay => {
@@ -360,6 +367,7 @@ impl<'o> Writer<'o> {
     /// Apply mode: removes from `dir` everything this layer did not write.
     fn clear_lower(&mut self, dir: &Path) -> Result<()> {
         let fd = sys::resolve_read(&self.root, dir).map_err(|e| Error::io("opening", dir, e))?;
+        self.keep_parent_mtime(&fd, dir);
         for name in sys::list_dir(&fd).map_err(|e| Error::io("listing", dir, e))? {
             let child = dir.join(&name);
             if self.touched.contains(&child) {
@@ -397,6 +405,7 @@ impl<'o> Writer<'o> {
             return Ok(());
         }
         let pfd = self.ensure_dir(parent(path), label)?;
+        self.keep_parent_mtime(&pfd, parent(path));
         let name = base(path);
         let existing = sys::lstat_at(&pfd, name).map_err(|e| Error::io("reading", path, e))?;
         let mut make_opaque = false;
@@ -591,6 +600,24 @@ impl<'o> Writer<'o> {
             if !(sys::file_type(&st) == FileType::CharacterDevice && st.st_rdev == 0))
     }
 
+    /// Apply mode: remembers the mtime of directory `pfd` (at `rel`) the
+    /// first time this layer changes its content.
+    fn keep_parent_mtime(&mut self, pfd: &OwnedFd, rel: &Path) {
+        if self.opts.mode != Mode::Apply {
+            return;
+        }
+        let Ok(st) = rfs::fstat(pfd) else { return };
+        self.parent_mtimes
+            .entry((st.st_dev, st.st_ino))
+            .or_insert_with(|| {
+                let mtime = rfs::Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: i64::try_from(st.st_mtime_nsec).unwrap_or(0),
+                };
+                (rel.to_owned(), mtime)
+            });
+    }
+
     /// Records a directory entry's mode and mtime for the end of the layer,
     /// with the inode it was given to; a later entry for the path replaces it.
     fn defer_dir_metadata(&mut self, fd: &OwnedFd, path: &Path, entry: &Entry) -> Result<()> {
@@ -694,6 +721,20 @@ impl<'o> Writer<'o> {
                 .map_err(|e| Error::io("setting the mode of", path, e))?;
             rfs::futimens(&fd, &sys::times(meta.mtime, 0))
                 .map_err(|e| Error::io("setting the mtime of", path, e))?;
+        }
+        let listed: HashSet<(u64, u64)> = self.dirs.values().map(|m| m.inode).collect();
+        for (inode, (path, mtime)) in &self.parent_mtimes {
+            if listed.contains(inode) {
+                continue;
+            }
+            if let Some(fd) = self.same_dir(path, *inode) {
+                let times = rfs::Timestamps {
+                    last_access: *mtime,
+                    last_modification: *mtime,
+                };
+                rfs::futimens(&fd, &times)
+                    .map_err(|e| Error::io("restoring the mtime of", path, e))?;
+            }
         }
         self.summary.content = self.content.take().unwrap_or_default();
         if self.opts.mode == Mode::Overlay {

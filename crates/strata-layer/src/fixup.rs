@@ -185,7 +185,15 @@ fn inherit_dir_metadata(lowers: &Lowers, ours: &OwnedFd, rel: &Path, as_root: bo
     }
     rfs::fchmod(ours, Mode::from_raw_mode(st.st_mode & 0o7777))
         .map_err(|e| Error::io("setting the mode of", rel, e))?;
-    copy_xattrs(&theirs, ours, rel)
+    copy_xattrs(&theirs, ours, rel)?;
+    // The merged view shows this layer's directory: with the lower's mtime,
+    // as a flattened tree keeps it (adding a child is not a change the
+    // image made to the directory).
+    rfs::futimens(
+        ours,
+        &sys::times(st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
+    )
+    .map_err(|e| Error::io("setting the mtime of", rel, e))
 }
 
 /// Completes an overlay-mode layer directory `target` whose extraction
@@ -204,15 +212,20 @@ pub fn fix_up(target: &Path, fixups: &mut Fixups, lowers_top_first: &[&Path]) ->
     let as_root = sys::running_as_root();
     follow_lower_symlinks(&root, fixups, &lowers)?;
     let fixups = &*fixups;
+    copy_lower_links(&root, fixups, &lowers, as_root)?;
+    drop_what_hides_nothing(&root, fixups, &lowers)?;
+    // Last, so that nothing above changes the mtimes set here.
+    for dir in &fixups.implied_dirs {
+        let Ok(ours) = sys::resolve_read(&root, dir) else {
+            // Dropped above: it held only whiteouts that hid nothing.
+            continue;
+        };
+        inherit_dir_metadata(&lowers, &ours, dir, as_root)?;
+    }
     if !fixups.root_listed {
         inherit_dir_metadata(&lowers, &root, Path::new(""), as_root)?;
     }
-    for dir in &fixups.implied_dirs {
-        let ours = sys::resolve_read(&root, dir).map_err(|e| Error::io("opening", dir, e))?;
-        inherit_dir_metadata(&lowers, &ours, dir, as_root)?;
-    }
-    copy_lower_links(&root, fixups, &lowers, as_root)?;
-    drop_what_hides_nothing(&root, fixups, &lowers)
+    Ok(())
 }
 
 /// Where `path` leads in the merged tree of this layer over its lowers,
