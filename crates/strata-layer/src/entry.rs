@@ -14,6 +14,7 @@ use rustix::fs::FileType;
 
 use crate::names::{self, Name, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::sys;
+use crate::tar_framing::{Framing, PadAtEof};
 use crate::{Error, Result};
 
 /// What kind of file an entry makes.
@@ -145,59 +146,19 @@ fn misnamed_gnu_prefix(header: &tar::Header) -> Option<&[u8]> {
     (!prefix.is_empty()).then_some(prefix)
 }
 
-/// Tars that end without the end-of-archive blocks, or even without the
-/// last entry's padding (`umoci insert` 0.4.7 writes these), are read as
-/// umoci, containerd and Go's archive/tar read them: after the last real
-/// byte, this reader yields the zeros that were left out (at most a block's
-/// padding and the two end blocks). The hash (diff_id) is taken below it,
-/// so it covers exactly the bytes received; [`PadAtEof::real_end`] lets the
-/// source refuse an entry whose data would come from the padding.
-struct PadAtEof<R> {
-    inner: R,
-    pos: u64,
-    /// Where the real bytes ended (`u64::MAX` until then), shared with the
-    /// source while the tar crate holds this reader.
-    real_end: Arc<AtomicU64>,
-    zeros_left: u64,
-}
-
-impl<R: Read> Read for PadAtEof<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.real_end.load(Ordering::Relaxed) == u64::MAX {
-            let n = self.inner.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                self.pos += n as u64;
-                return Ok(n);
-            }
-            self.real_end.store(self.pos, Ordering::Relaxed);
-            self.zeros_left = (512 - self.pos % 512) % 512 + 1024;
-        }
-        let n = usize::try_from(self.zeros_left)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        buf[..n].fill(0);
-        self.zeros_left -= n as u64;
-        Ok(n)
-    }
-}
-
 /// Entries of a tar stream (`tar` ≥ 0.4.45 for PAX sizes; entries are never
 /// unpacked by the tar crate, only read).
 pub(crate) struct TarSource<R: Read> {
-    archive: tar::Archive<PadAtEof<R>>,
+    archive: tar::Archive<Framing<PadAtEof<R>>>,
     real_end: Arc<AtomicU64>,
 }
 
 impl<R: Read> TarSource<R> {
     pub(crate) fn new(stream: R) -> Self {
-        let real_end = Arc::new(AtomicU64::new(u64::MAX));
+        let padded = PadAtEof::new(stream);
+        let real_end = padded.real_end();
         Self {
-            archive: tar::Archive::new(PadAtEof {
-                inner: stream,
-                pos: 0,
-                real_end: Arc::clone(&real_end),
-                zeros_left: 0,
-            }),
+            archive: tar::Archive::new(Framing::new(padded)),
             real_end,
         }
     }

@@ -28,6 +28,7 @@ mod index;
 mod names;
 mod report;
 mod sys;
+mod tar_framing;
 #[cfg(test)]
 mod tests;
 mod tree;
