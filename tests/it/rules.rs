@@ -550,3 +550,56 @@ fn privileged_r11_27_a_parents_mtime_survives_a_later_layers_changes() {
     );
     run_ok(env.strata().arg("umount").arg(env.path("mnt")));
 }
+
+/// Issue 11, 3: a PAX sparse file (GNU tar `--sparse --format=posix`,
+/// GNU.sparse 1.0) is restored under its own name, holes as holes.
+#[test]
+fn privileged_r11_03_a_pax_sparse_file_is_restored_with_its_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let src = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(src.path().join("sparse")).unwrap();
+    for i in 0..8u64 {
+        std::os::unix::fs::FileExt::write_at(&file, b"data", i << 20).unwrap();
+    }
+    file.set_len(9 << 20).unwrap();
+    drop(file);
+    std::fs::write(src.path().join("plain"), b"plain").unwrap();
+    let out = Command::new("tar")
+        .args([
+            "--sparse",
+            "--format=posix",
+            "--owner=0",
+            "--group=0",
+            "-cf",
+            "-",
+            "-C",
+        ])
+        .arg(src.path())
+        .args(["sparse", "plain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GNU tar: {}", stderr_of(&out));
+    assert!(
+        out.stdout.windows(13).any(|w| w == b"GNUSparseFile"),
+        "GNU tar wrote no PAX sparse entry"
+    );
+    let tars = [out.stdout];
+    check_tars(&tars, Want::Umoci);
+    let env = Env::new();
+    let layout = env.path("layout");
+    write_layout(&layout, "t", &tars, &["/bin/sh"]);
+    let flat = env.path("flat");
+    run_ok(
+        env.strata()
+            .arg("flatten")
+            .arg(format!("oci:{}:t", layout.display()))
+            .arg(&flat),
+    );
+    let md = std::fs::metadata(flat.join("sparse")).unwrap();
+    assert_eq!(md.len(), 9 << 20);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "the holes were written out: {} blocks",
+        md.blocks()
+    );
+}

@@ -479,15 +479,34 @@ impl<'o> Writer<'o> {
                 )
                 .map_err(|e| Error::io("creating", path, e))?;
                 let mut file = std::fs::File::from(fd);
-                let mut hasher = self.content.as_ref().map(|_| blake3::Hasher::new());
-                let size = copy(data, &mut file, &mut self.buffer, hasher.as_mut()).map_err(
-                    |e| match e {
-                        CopyError::Read(e) => crate::entry::stream_error(e),
-                        CopyError::Write(e) => Error::io("writing", path, e),
-                    },
-                )?;
-                if let (Some(content), Some(hasher)) = (&mut self.content, hasher) {
-                    content.insert(path, size, hasher.finalize());
+                let copy_error = |e| match e {
+                    CopyError::Read(e) => crate::entry::stream_error(e),
+                    CopyError::Write(e) => Error::io("writing", path, e),
+                };
+                if let Some(sparse) = &entry.sparse {
+                    // Each chunk at its offset; the rest stays holes. The
+                    // tree digest reads such a file back (no hash here).
+                    for (offset, len) in &sparse.chunks {
+                        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*offset))
+                            .map_err(|e| Error::io("writing", path, e))?;
+                        let got = copy(&mut data.take(*len), &mut file, &mut self.buffer, None)
+                            .map_err(copy_error)?;
+                        if got != *len {
+                            return Err(Error::entry(
+                                label,
+                                "the sparse file's data ends before its map does",
+                            ));
+                        }
+                    }
+                    file.set_len(sparse.real_size)
+                        .map_err(|e| Error::io("writing", path, e))?;
+                } else {
+                    let mut hasher = self.content.as_ref().map(|_| blake3::Hasher::new());
+                    let size = copy(data, &mut file, &mut self.buffer, hasher.as_mut())
+                        .map_err(copy_error)?;
+                    if let (Some(content), Some(hasher)) = (&mut self.content, hasher) {
+                        content.insert(path, size, hasher.finalize());
+                    }
                 }
                 self.own(&file, entry, path)?;
                 rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::FileType;
 
 use crate::names::{self, Name, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::sparse::SparseRecords;
 use crate::sys;
 use crate::tar_framing::{Framing, PadAtEof};
 use crate::{Error, Result};
@@ -61,6 +62,8 @@ pub struct Entry {
     pub mtime: i64,
     /// Extended attributes (from PAX `SCHILY.xattr.*`).
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// A sparse file's layout (PAX sparse): the data holds only the chunks.
+    pub sparse: Option<crate::Sparse>,
 }
 
 impl Entry {
@@ -243,7 +246,9 @@ impl<R: Read> EntrySource for TarSource<R> {
                 gid: owner_id(header_id(header.gid()), "gid", &label)?,
                 mtime: header.mtime().unwrap_or(0).try_into().unwrap_or(i64::MAX),
                 xattrs: Vec::new(),
+                sparse: None,
             };
+            let mut sparse = SparseRecords::default();
             if let Some(pax) = tar_entry.pax_extensions().map_err(stream_error)? {
                 for ext in pax {
                     let ext = ext.map_err(stream_error)?;
@@ -259,10 +264,18 @@ impl<R: Read> EntrySource for TarSource<R> {
                         entry.gid = owner_id(pax_number(ext.value_bytes()), "PAX gid", &label)?;
                     } else if key == b"mtime" {
                         entry.mtime = pax_number(ext.value_bytes()).unwrap_or(entry.mtime);
+                    } else {
+                        sparse.take(key, ext.value_bytes());
                     }
                 }
             }
-            match names::classify(&names::clean(&name)?, &label())? {
+            if entry.kind == Kind::File
+                && let Some((real_name, layout)) = sparse.resolve(&mut tar_entry, &label())?
+            {
+                entry.name = real_name;
+                entry.sparse = Some(layout);
+            }
+            match names::classify(&names::clean(&entry.name)?, &entry.label())? {
                 Name::AufsMeta => continue,
                 Name::Whiteout(_) => entry.kind = Kind::Whiteout,
                 Name::Opaque(_) => entry.kind = Kind::Opaque,
@@ -341,6 +354,7 @@ fn stat_entry(
             .into_iter()
             .filter(|(k, _)| !is_overlay_xattr(k))
             .collect(),
+        sparse: None,
     }
 }
 
@@ -377,6 +391,7 @@ impl DirSource {
                     gid: dev.gid,
                     mtime: dev.mtime,
                     xattrs: Vec::new(),
+                    sparse: None,
                 };
                 f(&entry, no_data)?;
                 continue;

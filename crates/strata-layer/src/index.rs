@@ -139,6 +139,14 @@ pub fn index_source(source: &mut dyn EntrySource) -> Result<LayerIndex> {
                 match &entry.kind {
                     Kind::File => {
                         let mut hasher = Sha256::new();
+                        let mut expanded;
+                        let data: &mut dyn Read = match &entry.sparse {
+                            Some(sparse) => {
+                                expanded = crate::sparse::Expand::new(data, sparse);
+                                &mut expanded
+                            }
+                            None => data,
+                        };
                         size = std::io::copy(data, &mut HashWriter(&mut hasher))
                             .map_err(crate::entry::stream_error)?;
                         digest = Some(format!("sha256:{}", hex::encode(hasher.finalize())));

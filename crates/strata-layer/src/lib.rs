@@ -27,6 +27,7 @@ mod fixup;
 mod index;
 mod names;
 mod report;
+mod sparse;
 mod sys;
 mod tar_framing;
 #[cfg(test)]
@@ -42,6 +43,7 @@ pub use error::{Error, Result};
 pub use fixup::fix_up;
 pub use index::{ChangeKind, LayerIndex, Merged, Node, Visible, index_source, index_stream, merge};
 pub use report::{Waste, WastedPath, waste};
+pub use sparse::Sparse;
 pub use sys::running_as_root;
 pub use tree::{ContentHashes, tree_digest};
 
