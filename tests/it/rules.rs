@@ -603,3 +603,50 @@ fn privileged_r11_03_a_pax_sparse_file_is_restored_with_its_holes() {
         md.blocks()
     );
 }
+
+/// Issue 11, 18: a path of 4 000 bytes inside a layer (legal: the kernel
+/// limits a path given to it at once, not a tree's depth) extracts, its tree
+/// digest is recorded and checked, and one too long for the kernel fails
+/// with an error line that stays readable.
+#[test]
+fn privileged_r11_18_kilobyte_paths_and_readable_errors() {
+    let deep = |total: usize| -> String {
+        let mut p = String::new();
+        while p.len() + 101 < total {
+            p.push_str(&"d".repeat(99));
+            p.push('/');
+        }
+        p.push_str("file");
+        p
+    };
+    let env = Env::new();
+    let layout = env.path("layout");
+    write_layout(
+        &layout,
+        "t",
+        &[layer(&[file(deep(4060), b"deep")])],
+        &["/bin/sh"],
+    );
+    let image = format!("oci:{}:t", layout.display());
+    run_ok(env.strata().args(["pull", &image]));
+    run_ok(env.strata().arg("fsck"));
+    let flat = env.path("flat");
+    run_ok(env.strata().args(["flatten", &image]).arg(&flat));
+
+    let env = Env::new();
+    let layout = env.path("layout");
+    write_layout(
+        &layout,
+        "t",
+        &[layer(&[file(deep(5000), b"deep")])],
+        &["/bin/sh"],
+    );
+    let image = format!("oci:{}:t", layout.display());
+    let (_, stderr) = crate::util::run_err(env.strata().args(["pull", &image]));
+    let longest = stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 600, "an error line of {longest} bytes:\n{stderr}");
+    assert!(
+        stderr.contains("bytes)"),
+        "the path is shortened, with its length: {stderr}"
+    );
+}

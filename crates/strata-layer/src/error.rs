@@ -29,7 +29,10 @@ pub enum Error {
     },
 
     /// An entry is malformed or not allowed (e.g. `.wh..`, a symlink named `.`).
-    #[error("layer entry {entry:?}: {reason}")]
+    #[error(
+        "layer entry {:?}: {reason}",
+        crate::sys::short_path(std::path::Path::new(entry))
+    )]
     BadEntry {
         /// The entry's name as found in the tar.
         entry: String,
@@ -47,7 +50,7 @@ pub enum Error {
     },
 
     /// A filesystem operation failed.
-    #[error("{op} {}", path.display())]
+    #[error("{op} {}", crate::sys::short_path(path))]
     Io {
         /// What was being done ("creating", "setting xattr on", …).
         op: &'static str,

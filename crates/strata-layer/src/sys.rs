@@ -154,6 +154,42 @@ pub(crate) fn xattrs_nofollow(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>>
     )
 }
 
+/// All extended attributes of `name` in `dir`, not following it (for
+/// symlinks and device nodes, which must not be opened): through
+/// `/proc/self/fd/DIR/NAME`, so the path given to the kernel stays short.
+pub(crate) fn xattrs_at(dir: impl AsFd, name: &OsStr) -> io::Result<Vec<(String, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    let path = Path::new("/proc/self/fd")
+        .join(dir.as_fd().as_raw_fd().to_string())
+        .join(name);
+    xattrs_nofollow(&path)
+}
+
+/// A path for messages: long ones keep their head and tail, so that an
+/// error line stays readable.
+pub(crate) fn short_path(path: &Path) -> String {
+    const HEAD: usize = 60;
+    const TAIL: usize = 120;
+    let text = path.to_string_lossy();
+    if text.len() <= HEAD + TAIL + 20 {
+        return text.into_owned();
+    }
+    let mut head = HEAD;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - TAIL;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}…({} bytes)…{}",
+        &text[..head],
+        text.len() - head - (text.len() - tail),
+        &text[tail..]
+    )
+}
+
 /// Lists and reads xattrs through the given calls (the `f*` or the `l*`
 /// family), sorted by name.
 fn collect_xattrs(

@@ -12,11 +12,14 @@
 //! so recording the digest costs one metadata walk, not a second read.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
 use crate::sys;
 
@@ -60,92 +63,140 @@ impl ContentHashes {
 /// # Errors
 /// When a node cannot be listed, stat'ed or read; the error names its path.
 pub fn tree_digest(root: &Path, known: &ContentHashes) -> io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; 256 << 10];
-    node(root, Path::new(""), known, &mut hasher, &mut buffer)?;
-    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
-}
-
-fn named(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-fn node(
-    root: &Path,
-    rel: &Path,
-    known: &ContentHashes,
-    hasher: &mut blake3::Hasher,
-    buffer: &mut [u8],
-) -> io::Result<()> {
-    let path = root.join(rel);
-    let md = std::fs::symlink_metadata(&path).map_err(|e| named(&path, e))?;
-    let ft = md.file_type();
-    let kind = match () {
-        () if ft.is_dir() => b'd',
-        () if ft.is_file() => b'f',
-        () if ft.is_symlink() => b'l',
-        () if ft.is_char_device() => b'c',
-        () if ft.is_block_device() => b'b',
-        () if ft.is_fifo() => b'p',
-        () => b's',
+    let mut walk = Walk {
+        known,
+        hasher: blake3::Hasher::new(),
+        buffer: vec![0u8; 256 << 10],
     };
-    hasher.update(rel.as_os_str().as_bytes());
-    hasher.update(&[0, kind]);
-    hasher.update(&(md.mode() & 0o7777).to_le_bytes());
-    hasher.update(&md.uid().to_le_bytes());
-    hasher.update(&md.gid().to_le_bytes());
-    hasher.update(&md.mtime().to_le_bytes());
-    hasher.update(&md.mtime_nsec().to_le_bytes());
-    for (name, value) in sys::xattrs_nofollow(&path).map_err(|e| named(&path, e))? {
-        hasher.update(name.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(&(value.len() as u64).to_le_bytes());
-        hasher.update(&value);
-    }
-    hasher.update(&[0xff]);
-    match kind {
-        b'f' => {
-            let hash = match known.get(rel) {
-                Some((size, hash)) if size == md.len() => hash,
-                _ if md.len() == 0 => *blake3::hash(b"").as_bytes(),
-                _ => content_hash(&path, buffer)?,
-            };
-            hasher.update(&md.len().to_le_bytes());
-            hasher.update(&hash);
-        }
-        b'l' => {
-            let target = std::fs::read_link(&path).map_err(|e| named(&path, e))?;
-            hasher.update(target.as_os_str().as_bytes());
-            hasher.update(&[0]);
-        }
-        b'c' | b'b' => {
-            hasher.update(&md.rdev().to_le_bytes());
-        }
-        b'd' => {
-            let mut names = Vec::new();
-            for entry in std::fs::read_dir(&path).map_err(|e| named(&path, e))? {
-                names.push(entry.map_err(|e| named(&path, e))?.file_name());
-            }
-            names.sort();
-            hasher.update(&(names.len() as u64).to_le_bytes());
-            for name in names {
-                node(root, &rel.join(name), known, hasher, buffer)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    let fd = rfs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| named(root, e.into()))?;
+    let st = rfs::fstat(&fd).map_err(|e| named(root, e.into()))?;
+    walk.header(
+        Path::new(""),
+        &st,
+        sys::xattrs(&fd).map_err(|e| named(root, e))?,
+    );
+    walk.dir(fd, Path::new(""))?;
+    Ok(format!("blake3:{}", walk.hasher.finalize().to_hex()))
 }
 
-/// The blake3 of a file's content, read without following a symlink.
-fn content_hash(path: &Path, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| named(path, e))?;
-    hash_reader(&mut file, buffer).map_err(|e| named(path, e))
+/// An error naming the node, its path shortened to stay readable (a layer
+/// may hold paths of many kilobytes).
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", sys::short_path(path)))
+}
+
+fn kind_of(st: &rfs::Stat) -> u8 {
+    match sys::file_type(st) {
+        FileType::Directory => b'd',
+        FileType::RegularFile => b'f',
+        FileType::Symlink => b'l',
+        FileType::CharacterDevice => b'c',
+        FileType::BlockDevice => b'b',
+        FileType::Fifo => b'p',
+        _ => b's',
+    }
+}
+
+/// The walk: every directory is read through its own descriptor and left
+/// before its subdirectories are entered (they are reopened through `..`),
+/// so at most two descriptors are open whatever the depth, and no path
+/// longer than one name is ever given to the kernel.
+struct Walk<'k> {
+    known: &'k ContentHashes,
+    hasher: blake3::Hasher,
+    buffer: Vec<u8>,
+}
+
+impl Walk<'_> {
+    fn header(&mut self, rel: &Path, st: &rfs::Stat, xattrs: Vec<(String, Vec<u8>)>) {
+        let h = &mut self.hasher;
+        h.update(rel.as_os_str().as_bytes());
+        h.update(&[0, kind_of(st)]);
+        h.update(&(st.st_mode & 0o7777).to_le_bytes());
+        h.update(&st.st_uid.to_le_bytes());
+        h.update(&st.st_gid.to_le_bytes());
+        h.update(&st.st_mtime.to_le_bytes());
+        h.update(&st.st_mtime_nsec.to_le_bytes());
+        for (name, value) in xattrs {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            h.update(&(value.len() as u64).to_le_bytes());
+            h.update(&value);
+        }
+        h.update(&[0xff]);
+    }
+
+    /// Hashes the children of directory `fd` (at `rel`); returns a
+    /// descriptor of the same directory (reopened after each subdirectory).
+    fn dir(&mut self, mut fd: OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+        let mut names = sys::list_dir(&fd).map_err(|e| named(rel, e))?;
+        names.sort();
+        self.hasher.update(&(names.len() as u64).to_le_bytes());
+        for name in names {
+            let path = rel.join(&name);
+            let st = rfs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| named(&path, e.into()))?;
+            match kind_of(&st) {
+                b'd' => {
+                    let child =
+                        sys::open_nofollow(&fd, &name, true).map_err(|e| named(&path, e))?;
+                    let here = rfs::fstat(&fd).map_err(|e| named(rel, e.into()))?;
+                    drop(fd);
+                    self.header(
+                        &path,
+                        &st,
+                        sys::xattrs(&child).map_err(|e| named(&path, e))?,
+                    );
+                    let child = self.dir(child, &path)?;
+                    fd = sys::open_nofollow(&child, OsStr::new(".."), true)
+                        .map_err(|e| named(rel, e))?;
+                    let back = rfs::fstat(&fd).map_err(|e| named(rel, e.into()))?;
+                    if (back.st_dev, back.st_ino) != (here.st_dev, here.st_ino) {
+                        return Err(named(
+                            rel,
+                            io::Error::other("the directory moved while it was read"),
+                        ));
+                    }
+                }
+                b'f' => {
+                    let file =
+                        sys::open_nofollow(&fd, &name, false).map_err(|e| named(&path, e))?;
+                    self.header(&path, &st, sys::xattrs(&file).map_err(|e| named(&path, e))?);
+                    let size = u64::try_from(st.st_size).unwrap_or(0);
+                    let hash = match self.known.get(&path) {
+                        Some((known, hash)) if known == size => hash,
+                        _ if size == 0 => *blake3::hash(b"").as_bytes(),
+                        _ => hash_reader(&mut File::from(file), &mut self.buffer)
+                            .map_err(|e| named(&path, e))?,
+                    };
+                    self.hasher.update(&size.to_le_bytes());
+                    self.hasher.update(&hash);
+                }
+                kind => {
+                    let xattrs = sys::xattrs_at(&fd, &name).map_err(|e| named(&path, e))?;
+                    self.header(&path, &st, xattrs);
+                    match kind {
+                        b'l' => {
+                            let target = rfs::readlinkat(&fd, &name, Vec::new())
+                                .map_err(|e| named(&path, e.into()))?;
+                            self.hasher.update(target.as_bytes());
+                            self.hasher.update(&[0]);
+                        }
+                        b'c' | b'b' => {
+                            self.hasher.update(&st.st_rdev.to_le_bytes());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(fd)
+    }
 }
 
 fn hash_reader(file: &mut File, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
