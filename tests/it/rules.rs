@@ -650,3 +650,54 @@ fn privileged_r11_18_kilobyte_paths_and_readable_errors() {
         "the path is shortened, with its length: {stderr}"
     );
 }
+
+/// Issue 11, 21: a layer 1500 directories deep under a descriptor limit of
+/// 256 (below the common 1024): pull, flatten from the store, fsck, a
+/// streamed flatten whose second layer whites the tree out, rm and gc all
+/// work, and the store still opens afterwards.
+#[test]
+fn privileged_r11_21_a_tree_deeper_than_the_descriptor_limit() {
+    let env = Env::new();
+    let mut deep = Vec::new();
+    let mut path = String::new();
+    for _ in 0..1500 {
+        path.push_str("d/");
+        deep.push(dir(path.as_str()));
+    }
+    deep.push(file(format!("{path}f"), b"bottom"));
+    let layout = env.path("layout");
+    write_layout(
+        &layout,
+        "t",
+        &[layer(&deep), layer(&[whiteout("d"), file("top", b"t")])],
+        &["/bin/sh"],
+    );
+    let image = format!("oci:{}:t", layout.display());
+    let limited_in = |store: &Path, args: &[&str]| {
+        let mut c = Command::new("bash");
+        c.args(["-c", "ulimit -n 256 && exec \"$@\"", "bash"])
+            .arg(env!("CARGO_BIN_EXE_strata"))
+            .arg("--store")
+            .arg(store)
+            .args(args);
+        c
+    };
+    let store = env.store();
+    let limited = |args: &[&str]| limited_in(&store, args);
+    run_ok(&mut limited(&["pull", &image]));
+    let flat = env.path("flat");
+    run_ok(&mut limited(&["flatten", &image, flat.to_str().unwrap()]));
+    assert!(flat.join("top").exists() && !flat.join("d").exists());
+    run_ok(&mut limited(&["fsck"]));
+    run_ok(&mut limited(&["ls", "-R", &image]));
+    let streamed = env.path("streamed");
+    run_ok(&mut limited_in(
+        &env.path("other"),
+        &["flatten", &image, streamed.to_str().unwrap()],
+    ));
+    assert!(streamed.join("top").exists() && !streamed.join("d").exists());
+    run_ok(&mut limited(&["rm", &image]));
+    run_ok(&mut limited(&["gc"]));
+    run_ok(&mut limited(&["images"]));
+    run_ok(&mut limited(&["fsck"]));
+}

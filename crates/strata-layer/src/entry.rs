@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -359,17 +358,67 @@ fn stat_entry(
 }
 
 impl DirSource {
+    /// Visits the tree depth first without recursion: each directory is
+    /// closed while a subdirectory is walked and reopened through `..`
+    /// (checked by inode), so at most two descriptors are open and the stack
+    /// does not grow whatever the depth.
     fn walk(
         &self,
-        dir: &std::os::fd::OwnedFd,
-        rel: &Path,
-        links: &mut HashMap<(u64, u64), Vec<u8>>,
+        root: std::os::fd::OwnedFd,
         f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
-        fn io<'a>(op: &'static str, p: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
-            move |e| Error::io(op, p, e)
+        struct Level {
+            rel: PathBuf,
+            names: std::vec::IntoIter<std::ffi::OsString>,
+            /// The parent's identity, to check `..` against.
+            parent: Option<(u64, u64)>,
         }
-        let mut names = sys::list_dir(dir).map_err(io("listing", rel))?;
+        let mut links = HashMap::new();
+        let mut dir = root;
+        let mut levels = vec![Level {
+            rel: PathBuf::new(),
+            names: self.names(&dir, Path::new(""))?.into_iter(),
+            parent: None,
+        }];
+        while let Some(level) = levels.last_mut() {
+            let Some(name) = level.names.next() else {
+                let done = levels.pop().expect("a level");
+                let Some(parent) = done.parent else { break };
+                let rel = levels
+                    .last()
+                    .map_or(Path::new(""), |l| l.rel.as_path())
+                    .to_owned();
+                dir = sys::open_nofollow(&dir, std::ffi::OsStr::new(".."), true)
+                    .map_err(|e| Error::io("reopening", &rel, e))?;
+                let back = rustix::fs::fstat(&dir).map_err(|e| Error::io("reading", &rel, e))?;
+                if (back.st_dev, back.st_ino) != parent {
+                    return Err(Error::io(
+                        "reading",
+                        &rel,
+                        std::io::Error::other("the directory moved while it was read"),
+                    ));
+                }
+                continue;
+            };
+            let rel = level.rel.clone();
+            if let Some(child) = self.visit(&dir, &rel, &name, &mut links, f)? {
+                let here = rustix::fs::fstat(&dir).map_err(|e| Error::io("reading", &rel, e))?;
+                let path = rel.join(&name);
+                dir = child;
+                levels.push(Level {
+                    names: self.names(&dir, &path)?.into_iter(),
+                    rel: path,
+                    parent: Some((here.st_dev, here.st_ino)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The names to visit in `dir` (at `rel`), sorted, with the noted real
+    /// 0:0 devices the directory itself does not hold.
+    fn names(&self, dir: &std::os::fd::OwnedFd, rel: &Path) -> Result<Vec<std::ffi::OsString>> {
+        let mut names = sys::list_dir(dir).map_err(|e| Error::io("listing", rel, e))?;
         names.extend(
             self.zero_devices
                 .keys()
@@ -378,111 +427,122 @@ impl DirSource {
         );
         names.sort();
         names.dedup();
-        for name in names {
-            let path = rel.join(&name);
-            let bytes = path.as_os_str().as_bytes().to_vec();
-            let no_data: &mut dyn Read = &mut std::io::empty();
-            if let Some(dev) = self.zero_devices.get(&path) {
-                let entry = Entry {
-                    name: bytes,
-                    kind: Kind::Char(0, 0),
-                    mode: dev.mode,
-                    uid: dev.uid,
-                    gid: dev.gid,
-                    mtime: dev.mtime,
-                    xattrs: Vec::new(),
-                    sparse: None,
-                };
-                f(&entry, no_data)?;
-                continue;
-            }
-            let Some(st) = sys::lstat_at(dir, &name).map_err(io("reading", &path))? else {
-                continue;
+        Ok(names)
+    }
+
+    /// Emits the entry for `name` in `dir` (at `rel`); a directory's handle
+    /// is returned for the walk to enter.
+    fn visit(
+        &self,
+        dir: &std::os::fd::OwnedFd,
+        rel: &Path,
+        name: &std::ffi::OsStr,
+        links: &mut HashMap<(u64, u64), Vec<u8>>,
+        f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>,
+    ) -> Result<Option<std::os::fd::OwnedFd>> {
+        fn io<'a>(op: &'static str, p: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
+            move |e| Error::io(op, p, e)
+        }
+        let path = rel.join(name);
+        let bytes = path.as_os_str().as_bytes().to_vec();
+        let no_data: &mut dyn Read = &mut std::io::empty();
+        if let Some(dev) = self.zero_devices.get(&path) {
+            let entry = Entry {
+                name: bytes,
+                kind: Kind::Char(0, 0),
+                mode: dev.mode,
+                uid: dev.uid,
+                gid: dev.gid,
+                mtime: dev.mtime,
+                xattrs: Vec::new(),
+                sparse: None,
             };
-            match sys::file_type(&st) {
-                FileType::Directory => {
-                    let fd = sys::open_nofollow(dir, &name, true).map_err(io("opening", &path))?;
-                    let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
-                    let opaque = is_opaque(&xattrs);
-                    f(&stat_entry(bytes.clone(), &st, Kind::Dir, xattrs), no_data)?;
-                    if opaque {
-                        emit_opaque(&path, &st, f)?;
+            f(&entry, no_data)?;
+            return Ok(None);
+        }
+        let Some(st) = sys::lstat_at(dir, name).map_err(io("reading", &path))? else {
+            return Ok(None);
+        };
+        match sys::file_type(&st) {
+            FileType::Directory => {
+                let fd = sys::open_nofollow(dir, name, true).map_err(io("opening", &path))?;
+                let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
+                let opaque = is_opaque(&xattrs);
+                f(&stat_entry(bytes.clone(), &st, Kind::Dir, xattrs), no_data)?;
+                if opaque {
+                    emit_opaque(&path, &st, f)?;
+                }
+                return Ok(Some(fd));
+            }
+            FileType::CharacterDevice if st.st_rdev == 0 => {
+                let mut wh = rel.as_os_str().as_bytes().to_vec();
+                if !wh.is_empty() {
+                    wh.push(b'/');
+                }
+                wh.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+                wh.extend_from_slice(name.as_bytes());
+                f(&stat_entry(wh, &st, Kind::Whiteout, Vec::new()), no_data)?;
+            }
+            FileType::RegularFile | FileType::Symlink | FileType::Fifo
+                if self.lower_links.contains_key(&path) =>
+            {
+                let target = self.lower_links[&path].as_os_str().as_bytes().to_vec();
+                f(
+                    &stat_entry(bytes, &st, Kind::Hardlink(target), Vec::new()),
+                    no_data,
+                )?;
+            }
+            FileType::RegularFile => {
+                let key = (st.st_dev, st.st_ino);
+                if st.st_nlink > 1 {
+                    if let Some(first) = links.get(&key) {
+                        f(
+                            &stat_entry(bytes, &st, Kind::Hardlink(first.clone()), Vec::new()),
+                            no_data,
+                        )?;
+                        return Ok(None);
                     }
-                    self.walk(&fd, &path, links, f)?;
+                    links.insert(key, bytes.clone());
                 }
-                FileType::CharacterDevice if st.st_rdev == 0 => {
-                    let mut wh = rel.as_os_str().as_bytes().to_vec();
-                    if !wh.is_empty() {
-                        wh.push(b'/');
-                    }
-                    wh.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
-                    wh.extend_from_slice(name.as_bytes());
-                    f(&stat_entry(wh, &st, Kind::Whiteout, Vec::new()), no_data)?;
+                let fd = sys::open_nofollow(dir, name, false).map_err(io("opening", &path))?;
+                let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
+                let mut file = std::fs::File::from(fd);
+                f(&stat_entry(bytes, &st, Kind::File, xattrs), &mut file)?;
+            }
+            FileType::Symlink if st.st_nlink > 1 && links.contains_key(&(st.st_dev, st.st_ino)) => {
+                let first = links[&(st.st_dev, st.st_ino)].clone();
+                f(
+                    &stat_entry(bytes, &st, Kind::Hardlink(first), Vec::new()),
+                    no_data,
+                )?;
+            }
+            FileType::Symlink => {
+                if st.st_nlink > 1 {
+                    links.insert((st.st_dev, st.st_ino), bytes.clone());
                 }
-                FileType::RegularFile | FileType::Symlink | FileType::Fifo
-                    if self.lower_links.contains_key(&path) =>
-                {
-                    let target = self.lower_links[&path].as_os_str().as_bytes().to_vec();
-                    f(
-                        &stat_entry(bytes, &st, Kind::Hardlink(target), Vec::new()),
-                        no_data,
-                    )?;
-                }
-                FileType::RegularFile => {
-                    let key = (st.st_dev, st.st_ino);
-                    if st.st_nlink > 1 {
-                        if let Some(first) = links.get(&key) {
-                            f(
-                                &stat_entry(bytes, &st, Kind::Hardlink(first.clone()), Vec::new()),
-                                no_data,
-                            )?;
-                            continue;
-                        }
-                        links.insert(key, bytes.clone());
-                    }
-                    let fd = sys::open_nofollow(dir, &name, false).map_err(io("opening", &path))?;
-                    let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
-                    let mut file = std::fs::File::from(fd);
-                    f(&stat_entry(bytes, &st, Kind::File, xattrs), &mut file)?;
-                }
-                FileType::Symlink
-                    if st.st_nlink > 1 && links.contains_key(&(st.st_dev, st.st_ino)) =>
-                {
-                    let first = links[&(st.st_dev, st.st_ino)].clone();
-                    f(
-                        &stat_entry(bytes, &st, Kind::Hardlink(first), Vec::new()),
-                        no_data,
-                    )?;
-                }
-                FileType::Symlink => {
-                    if st.st_nlink > 1 {
-                        links.insert((st.st_dev, st.st_ino), bytes.clone());
-                    }
-                    let target = rustix::fs::readlinkat(dir.as_fd(), &name, Vec::new())
-                        .map_err(|e| Error::io("reading", &path, e))?;
-                    let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
-                    f(
-                        &stat_entry(bytes, &st, Kind::Symlink(target), Vec::new()),
-                        no_data,
-                    )?;
-                }
-                FileType::CharacterDevice | FileType::BlockDevice => {
-                    let (major, minor) =
-                        (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
-                    let kind = if sys::file_type(&st) == FileType::CharacterDevice {
-                        Kind::Char(major, minor)
-                    } else {
-                        Kind::Block(major, minor)
-                    };
-                    f(&stat_entry(bytes, &st, kind, Vec::new()), no_data)?;
-                }
-                FileType::Fifo => f(&stat_entry(bytes, &st, Kind::Fifo, Vec::new()), no_data)?,
-                _ => {
-                    tracing::warn!(path = %path.display(), "skipping a socket or unknown file in a layer directory")
-                }
+                let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                    .map_err(|e| Error::io("reading", &path, e))?;
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+                f(
+                    &stat_entry(bytes, &st, Kind::Symlink(target), Vec::new()),
+                    no_data,
+                )?;
+            }
+            FileType::CharacterDevice | FileType::BlockDevice => {
+                let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+                let kind = if sys::file_type(&st) == FileType::CharacterDevice {
+                    Kind::Char(major, minor)
+                } else {
+                    Kind::Block(major, minor)
+                };
+                f(&stat_entry(bytes, &st, kind, Vec::new()), no_data)?;
+            }
+            FileType::Fifo => f(&stat_entry(bytes, &st, Kind::Fifo, Vec::new()), no_data)?,
+            _ => {
+                tracing::warn!(path = %path.display(), "skipping a socket or unknown file in a layer directory")
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -527,6 +587,6 @@ impl EntrySource for DirSource {
         if opaque {
             emit_opaque(Path::new(""), &st, f)?;
         }
-        self.walk(&root, Path::new(""), &mut HashMap::new(), f)
+        self.walk(root, f)
     }
 }

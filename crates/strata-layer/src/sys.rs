@@ -96,21 +96,57 @@ pub(crate) fn list_dir(dir: impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
 }
 
 /// Removes `name` from `dir`, recursively for directories, never following
-/// a symlink.
+/// a symlink. One directory descriptor is open at a time whatever the depth
+/// (down with `openat`, up through `..`, checked by inode).
 pub(crate) fn remove_all_at(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
     let Some(st) = lstat_at(dir.as_fd(), name)? else {
         return Ok(());
     };
-    if file_type(&st) == FileType::Directory {
-        let child = open_nofollow(dir.as_fd(), name, true)?;
-        for entry in list_dir(&child)? {
-            remove_all_at(&child, &entry)?;
-        }
-        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    } else {
+    if file_type(&st) != FileType::Directory {
         rfs::unlinkat(dir, name, AtFlags::empty())?;
+        return Ok(());
     }
-    Ok(())
+    let top = (st.st_dev, st.st_ino);
+    let mut current = open_nofollow(dir.as_fd(), name, true)?;
+    // (name, parent's identity) of each directory below `name` entered.
+    let mut down: Vec<(std::ffi::OsString, (u64, u64))> = Vec::new();
+    let mut here = top;
+    loop {
+        let mut subdir = None;
+        for child in list_dir(&current)? {
+            match lstat_at(&current, &child)? {
+                Some(st) if file_type(&st) == FileType::Directory => {
+                    subdir.get_or_insert((child, (st.st_dev, st.st_ino)));
+                }
+                Some(_) => rfs::unlinkat(&current, child.as_os_str(), AtFlags::empty())?,
+                None => {}
+            }
+        }
+        if let Some((child, id)) = subdir {
+            let fd = open_nofollow(&current, &child, true)?;
+            let st = rfs::fstat(&fd)?;
+            if (st.st_dev, st.st_ino) != id {
+                return Err(io::Error::other("a directory moved while it was removed"));
+            }
+            down.push((child, here));
+            here = id;
+            current = fd;
+            continue;
+        }
+        let Some((child, parent)) = down.pop() else {
+            drop(current);
+            rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+            return Ok(());
+        };
+        let up = open_nofollow(&current, OsStr::new(".."), true)?;
+        let st = rfs::fstat(&up)?;
+        if (st.st_dev, st.st_ino) != parent {
+            return Err(io::Error::other("a directory moved while it was removed"));
+        }
+        current = up;
+        here = parent;
+        rfs::unlinkat(&current, child.as_os_str(), AtFlags::REMOVEDIR)?;
+    }
 }
 
 /// The path the kernel has for an open descriptor (`/proc/self/fd`), if

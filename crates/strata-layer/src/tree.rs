@@ -80,7 +80,7 @@ pub fn tree_digest(root: &Path, known: &ContentHashes) -> io::Result<String> {
         &st,
         sys::xattrs(&fd).map_err(|e| named(root, e))?,
     );
-    walk.dir(fd, Path::new(""))?;
+    walk.dir(fd)?;
     Ok(format!("blake3:{}", walk.hasher.finalize().to_hex()))
 }
 
@@ -100,6 +100,14 @@ fn kind_of(st: &rfs::Stat) -> u8 {
         FileType::Fifo => b'p',
         _ => b's',
     }
+}
+
+/// One directory being read: its path, the names left, and its parent's
+/// identity (to check `..` against).
+struct Level {
+    rel: PathBuf,
+    names: std::vec::IntoIter<std::ffi::OsString>,
+    parent: Option<(u64, u64)>,
 }
 
 /// The walk: every directory is read through its own descriptor and left
@@ -131,13 +139,28 @@ impl Walk<'_> {
         h.update(&[0xff]);
     }
 
-    /// Hashes the children of directory `fd` (at `rel`); returns a
-    /// descriptor of the same directory (reopened after each subdirectory).
-    fn dir(&mut self, mut fd: OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
-        let mut names = sys::list_dir(&fd).map_err(|e| named(rel, e))?;
-        names.sort();
-        self.hasher.update(&(names.len() as u64).to_le_bytes());
-        for name in names {
+    /// Hashes the tree below directory `root`, depth first, without
+    /// recursion: a directory is closed while a subdirectory is read and
+    /// reopened through `..` (checked by inode).
+    fn dir(&mut self, root: OwnedFd) -> io::Result<()> {
+        let mut fd = root;
+        let mut levels = vec![self.level(&fd, PathBuf::new(), None)?];
+        while let Some(level) = levels.last_mut() {
+            let Some(name) = level.names.next() else {
+                let done = levels.pop().expect("a level");
+                let Some(parent) = done.parent else { break };
+                let rel = levels.last().map_or(PathBuf::new(), |l| l.rel.clone());
+                fd = sys::open_nofollow(&fd, OsStr::new(".."), true).map_err(|e| named(&rel, e))?;
+                let back = rfs::fstat(&fd).map_err(|e| named(&rel, e.into()))?;
+                if (back.st_dev, back.st_ino) != parent {
+                    return Err(named(
+                        &rel,
+                        io::Error::other("the directory moved while it was read"),
+                    ));
+                }
+                continue;
+            };
+            let rel = level.rel.clone();
             let path = rel.join(&name);
             let st = rfs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| named(&path, e.into()))?;
@@ -145,23 +168,15 @@ impl Walk<'_> {
                 b'd' => {
                     let child =
                         sys::open_nofollow(&fd, &name, true).map_err(|e| named(&path, e))?;
-                    let here = rfs::fstat(&fd).map_err(|e| named(rel, e.into()))?;
-                    drop(fd);
+                    let here = rfs::fstat(&fd).map_err(|e| named(&rel, e.into()))?;
                     self.header(
                         &path,
                         &st,
                         sys::xattrs(&child).map_err(|e| named(&path, e))?,
                     );
-                    let child = self.dir(child, &path)?;
-                    fd = sys::open_nofollow(&child, OsStr::new(".."), true)
-                        .map_err(|e| named(rel, e))?;
-                    let back = rfs::fstat(&fd).map_err(|e| named(rel, e.into()))?;
-                    if (back.st_dev, back.st_ino) != (here.st_dev, here.st_ino) {
-                        return Err(named(
-                            rel,
-                            io::Error::other("the directory moved while it was read"),
-                        ));
-                    }
+                    fd = child;
+                    let level = self.level(&fd, path, Some((here.st_dev, here.st_ino)))?;
+                    levels.push(level);
                 }
                 b'f' => {
                     let file =
@@ -195,7 +210,24 @@ impl Walk<'_> {
                 }
             }
         }
-        Ok(fd)
+        Ok(())
+    }
+
+    /// A directory's sorted names, their count hashed.
+    fn level(
+        &mut self,
+        fd: &OwnedFd,
+        rel: PathBuf,
+        parent: Option<(u64, u64)>,
+    ) -> io::Result<Level> {
+        let mut names = sys::list_dir(fd).map_err(|e| named(&rel, e))?;
+        names.sort();
+        self.hasher.update(&(names.len() as u64).to_le_bytes());
+        Ok(Level {
+            rel,
+            names: names.into_iter(),
+            parent,
+        })
     }
 }
 
