@@ -6,15 +6,33 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Run every test tier that needs no internet (unit, registry, local sources; needs the Debian tools .ci/run installs); prints "N passed, N failed" even when tests fail
+# Run every test tier that needs no internet: the unprivileged tier as nobody, then the privileged one as root (needs the Debian tools .ci/run installs); prints "N passed, N failed" even when tests fail
 test:
     #!/usr/bin/env bash
     set -uo pipefail
     mkdir -p target
-    cargo test --workspace --locked --all-targets --no-fail-fast 2>&1 | tee target/test.log
-    status=${PIPESTATUS[0]}
+    just test-unprivileged 2>&1 | tee target/test.log
+    unprivileged=${PIPESTATUS[0]}
+    cargo test --workspace --locked --all-targets --no-fail-fast 2>&1 | tee -a target/test.log
+    privileged=${PIPESTATUS[0]}
     awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
-    exit "$status"
+    [[ $unprivileged == 0 && $privileged == 0 ]]
+
+# The unprivileged tier: the unit tests of strata-registry, strata-stack and the CLI, run as nobody when called as root (they must never need root)
+test-unprivileged:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mapfile -t tests < <(cargo test --locked --no-run --message-format=json -p strata-registry -p strata-stack -p strata --lib 2>/dev/null \
+        | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+    [[ ${#tests[@]} -gt 0 ]] || { echo "no unprivileged test binaries were built"; exit 1; }
+    as_user=()
+    if [[ $(id -u) == 0 ]]; then
+        as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp)
+    fi
+    for t in "${tests[@]}"; do
+        echo "== $(basename "$t") as $([[ ${#as_user[@]} -gt 0 ]] && echo nobody || id -un)"
+        "${as_user[@]}" "$t"
+    done
 
 # Formatting, lints, docs, the fuzz targets and tests: what a change must pass (what .ci/run runs)
 check: fmt-check clippy doc fuzz-build test
