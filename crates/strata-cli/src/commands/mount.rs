@@ -20,6 +20,14 @@ use crate::pull::{pull, store_name};
 pub struct MountArgs {
     /// The image, as it was pulled (or its manifest digest)
     pub image: ImageRef,
+    /// Where and how
+    #[command(flatten)]
+    pub at: MountAt,
+}
+
+/// Where a mount goes and whether it is writable (mount and pull-and-mount).
+#[derive(Debug, Args)]
+pub struct MountAt {
     /// The mountpoint; created if missing, must be empty
     pub dir: PathBuf,
     /// Add an upper directory so the rootfs is writable
@@ -35,11 +43,9 @@ pub struct MountArgs {
 pub struct PullAndMountArgs {
     /// The image: a registry reference, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]
     pub image: ImageRef,
-    /// The mountpoint; created if missing, must be empty
-    pub dir: PathBuf,
-    /// Add an upper directory so the rootfs is writable
-    #[arg(long)]
-    pub rw: bool,
+    /// Where and how
+    #[command(flatten)]
+    pub at: MountAt,
 }
 
 /// Unmount a rootfs mounted by strata
@@ -225,16 +231,24 @@ pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()
     require_root()?;
     let store = ctx.store()?;
     let record = find_image(&store, &args.image)?;
-    mount_image(ctx, &store, &args.image, &record, &args.dir, args.rw, out)
+    mount_image(
+        ctx,
+        &store,
+        &args.image,
+        &record,
+        &args.at.dir,
+        args.at.rw,
+        out,
+    )
 }
 
 /// `strata pull-and-mount`.
 pub fn run_pull_and_mount(args: &PullAndMountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     require_root()?;
     let store = ctx.store()?;
-    if args.dir.exists() {
+    if args.at.dir.exists() {
         // Fail before downloading anything if the mountpoint will not do.
-        prepare_mountpoint(&store, &args.dir)?;
+        prepare_mountpoint(&store, &args.at.dir)?;
     }
     let pulled = pull(ctx, &store, &args.image)?;
     mount_image(
@@ -242,8 +256,8 @@ pub fn run_pull_and_mount(args: &PullAndMountArgs, ctx: &Context, out: &mut Outp
         &store,
         &args.image,
         &pulled.record,
-        &args.dir,
-        args.rw,
+        &args.at.dir,
+        args.at.rw,
         out,
     )
 }
