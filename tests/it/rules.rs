@@ -701,3 +701,63 @@ fn privileged_r11_21_a_tree_deeper_than_the_descriptor_limit() {
     run_ok(&mut limited(&["images"]));
     run_ok(&mut limited(&["fsck"]));
 }
+
+fn merged_usr() -> Vec<TarEntry> {
+    vec![
+        dir("usr/"),
+        dir("usr/lib/"),
+        file("usr/lib/old", b"o"),
+        symlink("lib", "usr/lib"),
+    ]
+}
+
+/// A valid v2 file capability (CAP_NET_RAW), as `setcap cap_net_raw+ep` writes it.
+const CAP_NET_RAW: &[u8] = &[
+    0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+cases! {
+    /// Found by attacking the fix-up: an opaque marker written through a
+    /// lower symlink marks where the symlink leads.
+    privileged_attack_an_opaque_marker_through_a_lower_symlink: Want::Umoci, [
+        merged_usr(),
+        [opaque("lib"), file("lib/new", b"n")],
+    ];
+    /// Delete then recreate over a lower symlink: a real directory.
+    privileged_attack_delete_then_recreate_over_a_lower_symlink: Want::Umoci, [
+        merged_usr(),
+        [whiteout("lib"), file("lib/x", b"x")],
+    ];
+    /// A whiteout of a child, then of its parent: the parent goes.
+    privileged_attack_a_whiteout_of_a_child_then_of_the_parent: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), file("d/b", b"b")],
+        [whiteout("d/a"), whiteout("d")],
+    ];
+    /// A whiteout, then a hard link to what it deleted: refused, as umoci's.
+    privileged_attack_a_link_to_a_file_the_layer_whited_out: Want::Refused("link"), [
+        [file("f", b"f")],
+        [whiteout("f"), hardlink("l", "f")],
+    ];
+    /// Whiteouts and opaque markers over a lower file, or over nothing,
+    /// make no directory.
+    privileged_attack_markers_over_a_lower_file_or_nothing_make_no_directory: Want::Umoci, [
+        [file("d", b"file"), file("e", b"file"), dir("opt/"), symlink("link", "/opt/x")],
+        [whiteout("d/x"), opaque("e"), opaque("new"), opaque("link")],
+    ];
+    /// A symlink loop below, then a name through it: refused, as umoci's.
+    privileged_attack_a_lower_symlink_loop: Want::Refused("link"), [
+        [symlink("x", "y"), symlink("y", "x")],
+        [file("x/f", b"f")],
+    ];
+    /// A lower symlink to a file, then a name through it: refused, as umoci's.
+    privileged_attack_a_lower_symlink_to_a_file: Want::Refused("not a directory"), [
+        [file("f", b"f"), symlink("l", "f")],
+        [file("l/x", b"x")],
+    ];
+    /// A hard link to a lower file with a file capability keeps it (chown
+    /// before the xattrs).
+    privileged_attack_a_link_to_a_lower_file_keeps_its_capability: Want::Umoci, [
+        [dir("bin/"), file("bin/ping", b"ping").mode(0o755).xattr("security.capability", CAP_NET_RAW)],
+        [hardlink("bin/ping2", "bin/ping")],
+    ];
+}

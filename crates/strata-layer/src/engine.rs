@@ -67,6 +67,9 @@ pub(crate) struct Writer<'o> {
     opaque_dirs: BTreeSet<PathBuf>,
     /// Whether the layer listed its root (`./`).
     root_listed: bool,
+    /// Set while making the parents of a whiteout: such directories are not
+    /// "written by this layer" (a later whiteout of them deletes them).
+    for_whiteout: bool,
     /// Apply mode: the mtimes of lower directories this layer changes
     /// without listing them (by inode, with a path), restored at the end as
     /// umoci restores them: adding or deleting a child is not a change the
@@ -123,6 +126,7 @@ impl<'o> Writer<'o> {
             zero_devices: Vec::new(),
             opaque_dirs: BTreeSet::new(),
             root_listed: false,
+            for_whiteout: false,
             parent_mtimes: HashMap::new(),
             implied: BTreeSet::new(),
             lower_links: Vec::new(),
@@ -234,10 +238,13 @@ impl<'o> Writer<'o> {
             FileType::CharacterDevice
                 if self.opts.mode == Mode::Overlay && self.whiteouts.remove(rel) =>
             {
-                // `.wh.d` then `d/x` in one layer: d is recreated, opaque.
+                // `.wh.d` then `d/x` in one layer: d is recreated, opaque;
+                // a new directory, so it takes nothing from below (and is
+                // never moved to where a lower symlink `d` led).
                 rfs::unlinkat(&pfd, base(rel), AtFlags::empty())
                     .map_err(|e| Error::io("replacing", rel, e))?;
                 let fd = self.make_implied(&pfd, rel)?;
+                self.implied.remove(rel);
                 self.set_opaque(&fd, rel)?;
                 Ok(fd)
             }
@@ -271,8 +278,10 @@ impl<'o> Writer<'o> {
             self.implied.insert(rel.to_owned());
         }
         self.parent_cache = None;
-        let made = self.resolved(rel);
-        self.touch(&made);
+        if !self.for_whiteout {
+            let made = self.resolved(rel);
+            self.touch(&made);
+        }
         Ok(fd)
     }
 
@@ -285,6 +294,11 @@ impl<'o> Writer<'o> {
 
     fn opaque_marker(&mut self, dir: &Path, label: &str) -> Result<()> {
         self.summary.opaque_dirs += 1;
+        if self.opts.mode == Mode::Apply && sys::resolve_dir(&self.root, dir).is_err() {
+            // No directory there (nothing, or a file): the marker hides
+            // nothing and makes nothing, as umoci's.
+            return Ok(());
+        }
         self.ensure_dir(dir, label)?;
         let dir = &self.resolved_dir(dir);
         self.touch(dir);
@@ -346,9 +360,25 @@ impl<'o> Writer<'o> {
                 sys::remove_all_at(&pfd, base(target)).map_err(|e| Error::io("deleting", target, e))
             }
             Mode::Overlay => {
-                let pfd = self.ensure_dir(parent(target), label)?;
+                self.for_whiteout = true;
+                let pfd = self.ensure_dir(parent(target), label);
+                self.for_whiteout = false;
+                let pfd = pfd?;
                 if self.whiteouts.contains(target) {
                     return Ok(());
+                }
+                if sys::lstat_at(&pfd, base(target))
+                    .map_err(|e| Error::io("reading", target, e))?
+                    .is_some()
+                {
+                    // A directory made only to hold earlier whiteouts (this
+                    // layer wrote nothing there): the whiteout of the whole
+                    // directory replaces them.
+                    sys::remove_all_at(&pfd, base(target))
+                        .map_err(|e| Error::io("replacing", target, e))?;
+                    self.whiteouts.retain(|w| !w.starts_with(target));
+                    self.implied.retain(|d| !d.starts_with(target));
+                    self.opaque_dirs.retain(|d| !d.starts_with(target));
                 }
                 rfs::mknodat(
                     &pfd,
@@ -431,6 +461,17 @@ impl<'o> Writer<'o> {
                 let target = clean(target)?;
                 if target.as_os_str().is_empty() {
                     return Err(Error::entry(label, "a hard link to the root directory"));
+                }
+                if self.opts.mode == Mode::Overlay
+                    && target.ancestors().any(|a| self.whiteouts.contains(a))
+                {
+                    return Err(Error::entry(
+                        label,
+                        format!(
+                            "hard link target {} was deleted by this layer",
+                            target.display()
+                        ),
+                    ));
                 }
                 if self.opts.mode == Mode::Overlay && !self.in_this_layer(&target) {
                     // The target is in a lower layer (or is a link to one):

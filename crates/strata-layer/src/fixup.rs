@@ -254,9 +254,13 @@ fn resolve_merged(root: &OwnedFd, lowers: &Lowers, path: &Path) -> Result<PathBu
                     _ => None,
                 },
             };
-            if let Some(target) = link
-                && hops < MAX_SYMLINK_HOPS
-            {
+            if let Some(target) = link {
+                if hops >= MAX_SYMLINK_HOPS {
+                    return Err(Error::entry(
+                        path.to_string_lossy(),
+                        format!("more than {MAX_SYMLINK_HOPS} symlinks to follow (a loop?)"),
+                    ));
+                }
                 hops += 1;
                 let mut next = link_destination(&here, target.as_bytes())?;
                 next.extend(&parts[i + 1..]);
@@ -298,14 +302,43 @@ fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -
         if sys::file_type(&st) != FileType::Symlink {
             continue;
         }
+        // A later entry of the layer may have replaced the directory.
+        let Ok(ours) = sys::resolve_dir(root, parent(&dir))
+            .and_then(|p| sys::open_nofollow(&p, base(&dir), true))
+        else {
+            continue;
+        };
+        let opaque = opaque_xattr_of(&ours);
+        drop(ours);
         let target = rfs::readlinkat(&pfd, base(&dir), Vec::new())
             .map_err(|e| Error::io("reading the lower symlink", &dir, e))?;
         let dest = resolve_merged(root, lowers, &link_destination(&dir, target.as_bytes())?)?;
+        let refuse = |why: &str| {
+            Err(Error::entry(
+                dir.to_string_lossy(),
+                format!(
+                    "a lower symlink leads to {}, {why}, as umoci refuses it",
+                    dest.display()
+                ),
+            ))
+        };
         if dest.starts_with(&dir) {
-            // A link into itself: the directory stays where the tar put it.
-            continue;
+            return refuse("inside itself (a symlink loop)");
+        }
+        if let Below::Found(_, st) = lowers.lookup(&dest)?
+            && sys::file_type(&st) != FileType::Directory
+            && !in_layer_is_dir(root, &dest)
+        {
+            return refuse("which is not a directory");
         }
         make_dirs(root, &dest, &mut fixups.implied_dirs)?;
+        if let Some(name) = opaque {
+            // The marker was written through the symlink: it marks where
+            // the symlink leads.
+            let fd = sys::resolve_read(root, &dest).map_err(|e| Error::io("opening", &dest, e))?;
+            rfs::fsetxattr(&fd, name, b"y", XattrFlags::empty())
+                .map_err(|e| Error::io("marking opaque", &dest, e))?;
+        }
         let pfd =
             sys::resolve_dir(root, parent(&dir)).map_err(|e| Error::io("opening", &dir, e))?;
         // Out of the way first when it would merge into its own ancestor
@@ -344,6 +377,21 @@ fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -
         dev.path = moved(&dev.path, &moves);
     }
     Ok(())
+}
+
+/// The opaque xattr a directory of this layer carries, if any.
+fn opaque_xattr_of(fd: &OwnedFd) -> Option<&'static str> {
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .into_iter()
+        .find(|name| {
+            let mut value = [0u8; 2];
+            matches!(rfs::fgetxattr(fd, *name, &mut value), Ok(1) if value[0] == b'y')
+        })
+}
+
+/// Whether this layer holds a directory at `rel` (resolved in the layer).
+fn in_layer_is_dir(root: &OwnedFd, rel: &Path) -> bool {
+    sys::resolve_dir(root, rel).is_ok()
 }
 
 /// Makes every missing directory of `dest` in this layer (each recorded as
@@ -458,7 +506,25 @@ fn copy_node(
             let (mut src_file, mut dst_file) = (std::fs::File::from(src), std::fs::File::from(dst));
             std::io::copy(&mut src_file, &mut dst_file)
                 .map_err(|e| Error::io("copying into", link, e))?;
-            copy_xattrs(&OwnedFd::from(src_file), &OwnedFd::from(dst_file), link)?;
+            // Owner, then mode (chown clears setuid), then xattrs (chown
+            // clears security.capability), then times.
+            let (src, dst) = (OwnedFd::from(src_file), OwnedFd::from(dst_file));
+            if as_root {
+                rfs::fchown(
+                    &dst,
+                    Some(Uid::from_raw(st.st_uid)),
+                    Some(Gid::from_raw(st.st_gid)),
+                )
+                .map_err(|e| Error::io("setting the owner of", link, e))?;
+            }
+            rfs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(|e| Error::io("setting the mode of", link, e))?;
+            copy_xattrs(&src, &dst, link)?;
+            return rfs::futimens(
+                &dst,
+                &sys::times(st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
+            )
+            .map_err(|e| Error::io("setting the mtime of", link, e));
         }
         FileType::Symlink => {
             let to = rfs::readlinkat(lpfd, base(target), Vec::new())
@@ -527,21 +593,28 @@ fn drop_what_hides_nothing(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers) -> 
             emptied.insert(parent(wh).to_owned());
         }
     }
-    // Implied directories left empty with nothing below: deepest first.
-    let implied: BTreeSet<&Path> = fixups.implied_dirs.iter().map(PathBuf::as_path).collect();
-    let mut doomed: Vec<&Path> = implied
-        .iter()
-        .copied()
-        .filter(|d| emptied.iter().any(|e| e.starts_with(d)))
-        .collect();
+    // Implied directories left empty (they held only whiteouts or an opaque
+    // mark) where the lowers show no directory: deepest first. Otherwise the
+    // layer would make a directory that hides a lower file, or that no
+    // entry made.
+    let mut doomed: Vec<&Path> = fixups.implied_dirs.iter().map(PathBuf::as_path).collect();
     doomed.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     for dir in doomed {
-        if matches!(lowers.lookup(dir)?, Below::Found(..)) {
+        if matches!(lowers.lookup(dir)?, Below::Found(_, st) if sys::file_type(&st) == FileType::Directory)
+        {
             continue;
         }
-        let pfd = sys::resolve_dir(root, parent(dir)).map_err(|e| Error::io("opening", dir, e))?;
+        let Ok(pfd) = sys::resolve_dir(root, parent(dir)) else {
+            continue;
+        };
         match rfs::unlinkat(&pfd, base(dir), AtFlags::REMOVEDIR) {
-            Ok(()) | Err(rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST) => {}
+            Ok(())
+            | Err(
+                rustix::io::Errno::NOTEMPTY
+                | rustix::io::Errno::EXIST
+                | rustix::io::Errno::NOENT
+                | rustix::io::Errno::NOTDIR,
+            ) => {}
             Err(e) => return Err(Error::io("dropping the empty directory", dir, e)),
         }
     }
