@@ -213,7 +213,7 @@ fn dir() -> tempfile::TempDir {
 // ---------- overlay mode: each whiteout form ----------
 
 #[test]
-fn overlay_whiteout_forms() {
+fn privileged_overlay_whiteout_forms() {
     require_root();
     let d = dir();
     let s = layer(
@@ -246,7 +246,7 @@ fn overlay_whiteout_forms() {
 }
 
 #[test]
-fn whiteout_and_file_of_the_same_name_in_one_layer_both_orders() {
+fn privileged_whiteout_and_file_of_the_same_name_in_one_layer_both_orders() {
     require_root();
     for mode in [Mode::Overlay, Mode::Apply] {
         let d = dir();
@@ -277,7 +277,7 @@ fn whiteout_and_file_of_the_same_name_in_one_layer_both_orders() {
 }
 
 #[test]
-fn delete_then_recreate_makes_an_opaque_directory() {
+fn privileged_delete_then_recreate_makes_an_opaque_directory() {
     require_root();
     let d = dir();
     layer(
@@ -357,7 +357,7 @@ fn delete_then_recreate_makes_an_opaque_directory() {
 }
 
 #[test]
-fn opaque_marker_before_and_after_the_directorys_own_files() {
+fn privileged_opaque_marker_before_and_after_the_directorys_own_files() {
     require_root();
     for marker_first in [true, false] {
         let d = dir();
@@ -388,7 +388,7 @@ fn opaque_marker_before_and_after_the_directorys_own_files() {
 }
 
 #[test]
-fn whiteout_of_a_directory_and_of_a_path_that_is_not_below() {
+fn privileged_whiteout_of_a_directory_and_of_a_path_that_is_not_below() {
     require_root();
     let d = dir();
     layer(
@@ -417,7 +417,7 @@ fn whiteout_of_a_directory_and_of_a_path_that_is_not_below() {
 }
 
 #[test]
-fn nested_opaque_directories() {
+fn privileged_nested_opaque_directories() {
     require_root();
     let d = dir();
     layer(
@@ -473,7 +473,7 @@ fn nested_opaque_directories() {
 }
 
 #[test]
-fn whiteouts_are_recognised_by_name_whatever_their_tar_type() {
+fn privileged_whiteouts_are_recognised_by_name_whatever_their_tar_type() {
     require_root();
     let d = dir();
     layer(
@@ -497,7 +497,7 @@ fn whiteouts_are_recognised_by_name_whatever_their_tar_type() {
 }
 
 #[test]
-fn whiteouts_that_name_nothing_are_refused() {
+fn privileged_whiteouts_that_name_nothing_are_refused() {
     require_root();
     for bad in [".wh.", "a/.wh..", "a/.wh..."] {
         let d = dir();
@@ -508,7 +508,7 @@ fn whiteouts_that_name_nothing_are_refused() {
 }
 
 #[test]
-fn root_entry_is_accepted_and_a_symlink_named_dot_is_refused() {
+fn privileged_root_entry_is_accepted_and_a_symlink_named_dot_is_refused() {
     require_root();
     let d = dir();
     layer(
@@ -533,7 +533,7 @@ fn root_entry_is_accepted_and_a_symlink_named_dot_is_refused() {
 }
 
 #[test]
-fn hardlink_to_a_file_that_a_later_entry_replaces_keeps_the_old_content() {
+fn privileged_hardlink_to_a_file_that_a_later_entry_replaces_keeps_the_old_content() {
     require_root();
     for mode in [Mode::Overlay, Mode::Apply] {
         let d = dir();
@@ -556,7 +556,7 @@ fn hardlink_to_a_file_that_a_later_entry_replaces_keeps_the_old_content() {
 }
 
 #[test]
-fn hardlink_to_a_lower_layers_file() {
+fn privileged_hardlink_to_a_lower_layers_file() {
     require_root();
     // Apply: a real link into the merged tree.
     let d = dir();
@@ -620,7 +620,7 @@ fn hardlink_to_a_lower_layers_file() {
 }
 
 #[test]
-fn a_directory_entry_after_its_children_keeps_its_mode_and_mtime() {
+fn privileged_a_directory_entry_after_its_children_keeps_its_mode_and_mtime() {
     require_root();
     for mode in [Mode::Overlay, Mode::Apply] {
         let d = dir();
@@ -637,7 +637,7 @@ fn a_directory_entry_after_its_children_keeps_its_mode_and_mtime() {
 }
 
 #[test]
-fn an_implied_tmp_keeps_the_sticky_mode_from_below() {
+fn privileged_an_implied_tmp_keeps_the_sticky_mode_from_below() {
     require_root();
     let lower = dir();
     layer(
@@ -672,7 +672,7 @@ fn an_implied_tmp_keeps_the_sticky_mode_from_below() {
 }
 
 #[test]
-fn setuid_survives_chown_and_capabilities_survive_too() {
+fn privileged_setuid_survives_chown_and_capabilities_survive_too() {
     require_root();
     let d = dir();
     let cap = [
@@ -700,7 +700,7 @@ fn setuid_survives_chown_and_capabilities_survive_too() {
 }
 
 #[test]
-fn overlay_xattrs_injected_through_pax_are_escaped_or_dropped() {
+fn privileged_overlay_xattrs_injected_through_pax_are_escaped_or_dropped() {
     require_root();
     let d = dir();
     let s = layer(
@@ -736,7 +736,7 @@ fn overlay_xattrs_injected_through_pax_are_escaped_or_dropped() {
 }
 
 #[test]
-fn pax_size_wins_over_a_disagreeing_ustar_size() {
+fn privileged_pax_size_wins_over_a_disagreeing_ustar_size() {
     require_root();
     // A PAX header saying 5 bytes before a ustar header saying 3.
     let mut b = tar::Builder::new(Vec::new());
@@ -763,7 +763,7 @@ fn pax_size_wins_over_a_disagreeing_ustar_size() {
 // ---------- crane's flatten regressions ----------
 
 #[test]
-fn crane_one_layer_image_holding_an_opaque_marker() {
+fn privileged_crane_one_layer_image_holding_an_opaque_marker() {
     require_root();
     let d = dir();
     layer(
@@ -783,7 +783,7 @@ fn crane_one_layer_image_holding_an_opaque_marker() {
 }
 
 #[test]
-fn crane_foo_then_whiteout_then_baz_leaves_only_baz() {
+fn privileged_crane_foo_then_whiteout_then_baz_leaves_only_baz() {
     require_root();
     let d = dir();
     layer(&[E::File("a/foo", b"foo")], d.path(), Mode::Apply).unwrap();
@@ -796,7 +796,7 @@ fn crane_foo_then_whiteout_then_baz_leaves_only_baz() {
 }
 
 #[test]
-fn crane_opaque_dir_hides_a_lower_nested_file() {
+fn privileged_crane_opaque_dir_hides_a_lower_nested_file() {
     require_root();
     let d = dir();
     layer(&[E::File("a/b/foo", b"foo")], d.path(), Mode::Apply).unwrap();
@@ -859,7 +859,7 @@ impl Arena {
 }
 
 #[test]
-fn hostile_names_land_inside() {
+fn privileged_hostile_names_land_inside() {
     require_root();
     for mode in [Mode::Overlay, Mode::Apply] {
         let a = arena();
@@ -881,7 +881,7 @@ fn hostile_names_land_inside() {
 }
 
 #[test]
-fn hostile_symlinks_are_never_followed_out() {
+fn privileged_hostile_symlinks_are_never_followed_out() {
     require_root();
     for mode in [Mode::Overlay, Mode::Apply] {
         let a = arena();
@@ -964,7 +964,7 @@ fn hostile_symlinks_are_never_followed_out() {
 }
 
 #[test]
-fn hostile_whiteouts_stay_inside() {
+fn privileged_hostile_whiteouts_stay_inside() {
     require_root();
     for mode in [Mode::Overlay, Mode::Apply] {
         let a = arena();
@@ -980,7 +980,7 @@ fn hostile_whiteouts_stay_inside() {
 }
 
 #[test]
-fn device_nodes_are_made_inside_as_root() {
+fn privileged_device_nodes_are_made_inside_as_root() {
     require_root();
     let a = arena();
     a.check(
@@ -995,7 +995,7 @@ fn device_nodes_are_made_inside_as_root() {
 }
 
 #[test]
-fn a_decompression_bomb_stops_at_the_limit() {
+fn privileged_a_decompression_bomb_stops_at_the_limit() {
     require_root();
     let tar = tar_of(&[E::File("zeros", &vec![0u8; 4 << 20])]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -1042,7 +1042,7 @@ fn a_decompression_bomb_stops_at_the_limit() {
 }
 
 #[test]
-fn nul_padding_after_the_gzip_stream_is_accepted_and_the_diff_id_checked() {
+fn privileged_nul_padding_after_the_gzip_stream_is_accepted_and_the_diff_id_checked() {
     require_root();
     let tar = tar_of(&[E::File("a", b"hello")]);
     let diff_id = format!(
@@ -1081,7 +1081,7 @@ fn nul_padding_after_the_gzip_stream_is_accepted_and_the_diff_id_checked() {
 }
 
 #[test]
-fn a_layer_directory_applies_like_its_tar() {
+fn privileged_a_layer_directory_applies_like_its_tar() {
     require_root();
     // Layer 2 in overlay form, then applied from the directory onto layer 1.
     let l1 = [
@@ -1122,7 +1122,7 @@ fn a_layer_directory_applies_like_its_tar() {
 /// read back from disk (what fsck recomputes), whatever the entries did, and
 /// any change to content or metadata changes it.
 #[test]
-fn tree_digest_from_extraction_matches_a_full_read_and_sees_changes() {
+fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes() {
     require_root();
     let lower = dir();
     layer(
