@@ -761,3 +761,13 @@ cases! {
         [hardlink("bin/ping2", "bin/ping")],
     ];
 }
+
+cases! {
+    /// Found by attacking the fix-up: a link to a lower file, then a new file
+    /// of the target's name (or its whiteout), in one layer: the link keeps
+    /// the lower bytes in store flatten too.
+    privileged_attack_a_link_to_a_lower_file_its_layer_then_replaces: Want::Umoci, [
+        [file("f", b"lower"), file("a", b"a")],
+        [hardlink("l", "f"), file("f", b"new content"), hardlink("z2", "a"), whiteout("a")],
+    ];
+}

@@ -415,6 +415,24 @@ impl DirSource {
         Ok(())
     }
 
+    /// Whether the layer directory itself holds `rel` (a file, or a
+    /// whiteout): then a noted link to the lower `rel` cannot be replayed as
+    /// a link (the layer replaced or deleted its target after linking), and
+    /// the copy the directory holds is the entry.
+    fn layer_holds(&self, rel: &Path) -> bool {
+        let Ok(root) = sys::open_root(&self.root) else {
+            return false;
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let Some(name) = rel.file_name() else {
+            return false;
+        };
+        sys::resolve_dir(&root, parent)
+            .ok()
+            .and_then(|pfd| sys::lstat_at(&pfd, name).ok().flatten())
+            .is_some()
+    }
+
     /// The names to visit in `dir` (at `rel`), sorted, with the noted real
     /// 0:0 devices the directory itself does not hold.
     fn names(&self, dir: &std::os::fd::OwnedFd, rel: &Path) -> Result<Vec<std::ffi::OsString>> {
@@ -484,7 +502,8 @@ impl DirSource {
                 f(&stat_entry(wh, &st, Kind::Whiteout, Vec::new()), no_data)?;
             }
             FileType::RegularFile | FileType::Symlink | FileType::Fifo
-                if self.lower_links.contains_key(&path) =>
+                if self.lower_links.contains_key(&path)
+                    && !self.layer_holds(&self.lower_links[&path]) =>
             {
                 let target = self.lower_links[&path].as_os_str().as_bytes().to_vec();
                 f(
