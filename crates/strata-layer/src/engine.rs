@@ -75,6 +75,9 @@ pub(crate) struct Writer<'o> {
     /// umoci restores them: adding or deleting a child is not a change the
     /// image made to the directory.
     parent_mtimes: HashMap<(u64, u64), (PathBuf, rfs::Timespec)>,
+    /// The directory whose mtime was remembered last (skips a stat for
+    /// consecutive entries of one directory).
+    last_parent: Option<PathBuf>,
     implied: BTreeSet<PathBuf>,
     lower_links: Vec<(PathBuf, PathBuf)>,
     summary: Summary,
@@ -128,6 +131,7 @@ impl<'o> Writer<'o> {
             root_listed: false,
             for_whiteout: false,
             parent_mtimes: HashMap::new(),
+            last_parent: None,
             implied: BTreeSet::new(),
             lower_links: Vec::new(),
             summary: Summary::default(),
@@ -278,6 +282,7 @@ impl<'o> Writer<'o> {
             self.implied.insert(rel.to_owned());
         }
         self.parent_cache = None;
+        self.last_parent = None;
         if !self.for_whiteout {
             let made = self.resolved(rel);
             self.touch(&made);
@@ -319,6 +324,7 @@ impl<'o> Writer<'o> {
     fn whiteout(&mut self, target: &Path, label: &str) -> Result<()> {
         self.summary.whiteouts += 1;
         self.parent_cache = None;
+        self.last_parent = None;
         let target = &self.resolved(target);
         let is_dir = |pfd: &OwnedFd| {
             sys::lstat_at(pfd, base(target))
@@ -645,6 +651,7 @@ impl<'o> Writer<'o> {
         if entry.kind != Kind::File {
             // A new directory or symlink may change where a parent resolves.
             self.parent_cache = None;
+            self.last_parent = None;
         }
         self.touch(&written);
         Ok(())
@@ -663,9 +670,11 @@ impl<'o> Writer<'o> {
     /// Apply mode: remembers the mtime of directory `pfd` (at `rel`) the
     /// first time this layer changes its content.
     fn keep_parent_mtime(&mut self, pfd: &OwnedFd, rel: &Path) {
-        if self.opts.mode != Mode::Apply {
+        if self.opts.mode != Mode::Apply || self.last_parent.as_deref() == Some(rel) {
+            // Consecutive entries of one directory: remembered already.
             return;
         }
+        self.last_parent = Some(rel.to_owned());
         let Ok(st) = rfs::fstat(pfd) else { return };
         self.parent_mtimes
             .entry((st.st_dev, st.st_ino))
