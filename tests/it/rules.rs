@@ -771,3 +771,12 @@ cases! {
         [hardlink("l", "f"), file("f", b"new content"), hardlink("z2", "a"), whiteout("a")],
     ];
 }
+
+cases! {
+    /// Found by attacking the fix-up: the layer deletes a lower symlink's
+    /// destination, then writes into it through the symlink.
+    privileged_attack_a_symlinks_destination_whited_out_then_written_through_it: Want::Umoci, [
+        merged_usr(),
+        [whiteout("usr/lib"), file("lib/x", b"x")],
+    ];
+}

@@ -814,6 +814,7 @@ impl<'o> Writer<'o> {
                 opaque_dirs: std::mem::take(&mut self.opaque_dirs).into_iter().collect(),
                 root_listed: self.root_listed,
                 zero_devices: std::mem::take(&mut self.zero_devices),
+                overlay_xattr: self.opts.overlay_xattr,
             };
             self.summary.fixups.whiteouts.sort();
         }
@@ -882,6 +883,7 @@ fn copy(
 }
 
 impl OverlayXattr {
+    /// The namespace prefix, `trusted.overlay.` or `user.overlay.`.
     pub(crate) fn prefix(self) -> &'static str {
         match self {
             Self::Trusted => "trusted.overlay.",

@@ -331,7 +331,7 @@ fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -
         {
             return refuse("which is not a directory");
         }
-        make_dirs(root, &dest, &mut fixups.implied_dirs)?;
+        make_dirs(root, &dest, fixups)?;
         if let Some(name) = opaque {
             // The marker was written through the symlink: it marks where
             // the symlink leads.
@@ -396,13 +396,29 @@ fn in_layer_is_dir(root: &OwnedFd, rel: &Path) -> bool {
 
 /// Makes every missing directory of `dest` in this layer (each recorded as
 /// implied, to take the lowers' metadata).
-fn make_dirs(root: &OwnedFd, dest: &Path, implied: &mut Vec<PathBuf>) -> Result<()> {
+fn make_dirs(root: &OwnedFd, dest: &Path, fixups: &mut Fixups) -> Result<()> {
     let mut done = PathBuf::new();
     for part in dest {
         let pfd = sys::resolve_dir(root, &done).map_err(|e| Error::io("opening", &done, e))?;
         done.push(part);
         match sys::lstat_at(&pfd, part).map_err(|e| Error::io("reading", &done, e))? {
             Some(st) if sys::file_type(&st) == FileType::Directory => {}
+            Some(st) if is_whiteout(&st) && fixups.whiteouts.contains(&done) => {
+                // The layer deleted the destination and writes into it
+                // through the symlink: delete, then recreate (an opaque,
+                // new directory), as `.wh.d` then `d/x` is.
+                rfs::unlinkat(&pfd, part, AtFlags::empty())
+                    .map_err(|e| Error::io("replacing", &done, e))?;
+                rfs::mkdirat(&pfd, part, Mode::from_raw_mode(0o755))
+                    .map_err(|e| Error::io("creating", &done, e))?;
+                let fd = sys::open_nofollow(&pfd, part, true)
+                    .map_err(|e| Error::io("opening", &done, e))?;
+                let name = format!("{}opaque", fixups.overlay_xattr.prefix());
+                rfs::fsetxattr(&fd, name.as_str(), b"y", XattrFlags::empty())
+                    .map_err(|e| Error::io("marking opaque", &done, e))?;
+                fixups.whiteouts.retain(|w| *w != done);
+                fixups.opaque_dirs.push(done.clone());
+            }
             Some(_) => {
                 return Err(Error::entry(
                     done.to_string_lossy(),
@@ -412,7 +428,7 @@ fn make_dirs(root: &OwnedFd, dest: &Path, implied: &mut Vec<PathBuf>) -> Result<
             None => {
                 rfs::mkdirat(&pfd, part, Mode::from_raw_mode(0o755))
                     .map_err(|e| Error::io("creating", &done, e))?;
-                implied.push(done.clone());
+                fixups.implied_dirs.push(done.clone());
             }
         }
     }

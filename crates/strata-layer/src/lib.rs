@@ -119,6 +119,9 @@ pub struct Fixups {
     pub root_listed: bool,
     /// Real char 0:0 devices, left out of the directory (see [`FormNotes`]).
     pub zero_devices: Vec<ZeroDevice>,
+    /// The xattr namespace the layer was extracted for (opaque marks the
+    /// fix-up makes use it).
+    pub overlay_xattr: OverlayXattr,
 }
 
 impl Fixups {
