@@ -780,3 +780,17 @@ cases! {
         [whiteout("usr/lib"), file("lib/x", b"x")],
     ];
 }
+
+cases! {
+    /// Found by attacking the fix-up: hard links whose target the same layer
+    /// wrote, through a lower symlink or at the path a lower symlink leads to.
+    privileged_attack_links_to_what_the_layer_wrote_around_a_lower_symlink: Want::Umoci, [
+        [dir("usr/"), dir("usr/lib/"), file("usr/lib/libc.so", b"old"), symlink("lib", "usr/lib")],
+        [
+            file("lib/new", b"n"),
+            hardlink("l1", "usr/lib/new"),
+            file("usr/lib/libc.so", b"new"),
+            hardlink("l2", "lib/libc.so"),
+        ],
+    ];
+}

@@ -210,9 +210,11 @@ pub fn fix_up(target: &Path, fixups: &mut Fixups, lowers_top_first: &[&Path]) ->
     .map_err(|e| Error::io("opening", target, e))?;
     let lowers = Lowers::open(lowers_top_first)?;
     let as_root = sys::running_as_root();
-    follow_lower_symlinks(&root, fixups, &lowers)?;
+    let moved_to = follow_lower_symlinks(&root, fixups, &lowers)?;
+    let local = copy_lower_links(&root, fixups, &lowers, &moved_to, as_root)?;
+    // Those are links inside the layer now: nothing to note for them.
+    fixups.lower_links.retain(|(link, _)| !local.contains(link));
     let fixups = &*fixups;
-    copy_lower_links(&root, fixups, &lowers, as_root)?;
     drop_what_hides_nothing(&root, fixups, &lowers)?;
     // Last, so that nothing above changes the mtimes set here.
     for dir in &fixups.implied_dirs {
@@ -290,7 +292,11 @@ fn moved(path: &Path, moves: &[(PathBuf, PathBuf)]) -> PathBuf {
 /// containerd follow the symlink, so its content moves to where the
 /// symlink leads, and the symlink shows through again. Every path the
 /// fix-up holds is rewritten to match.
-fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -> Result<()> {
+fn follow_lower_symlinks(
+    root: &OwnedFd,
+    fixups: &mut Fixups,
+    lowers: &Lowers,
+) -> Result<Vec<PathBuf>> {
     let mut implied = fixups.implied_dirs.clone();
     implied.sort_by_key(|p| p.components().count());
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -353,7 +359,7 @@ fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -
         moves.push((dir, dest));
     }
     if moves.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let gone: BTreeSet<&PathBuf> = moves.iter().map(|(from, _)| from).collect();
     fixups.implied_dirs = fixups
@@ -376,7 +382,7 @@ fn follow_lower_symlinks(root: &OwnedFd, fixups: &mut Fixups, lowers: &Lowers) -
     for dev in &mut fixups.zero_devices {
         dev.path = moved(&dev.path, &moves);
     }
-    Ok(())
+    Ok(moves.into_iter().map(|(_, to)| to).collect())
 }
 
 /// The opaque xattr a directory of this layer carries, if any.
@@ -464,8 +470,15 @@ fn merge_into(root: &OwnedFd, from: &Path, to: &Path) -> Result<()> {
 
 /// Hard links to lower files become copies; links to one lower file stay
 /// links to each other within this layer.
-fn copy_lower_links(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers, as_root: bool) -> Result<()> {
+fn copy_lower_links(
+    root: &OwnedFd,
+    fixups: &Fixups,
+    lowers: &Lowers,
+    moved_to: &[PathBuf],
+    as_root: bool,
+) -> Result<Vec<PathBuf>> {
     let mut copied: HashMap<&Path, &Path> = HashMap::new();
+    let mut local = Vec::new();
     for (link, target_path) in &fixups.lower_links {
         let pfd = sys::resolve_dir(root, parent(link))
             .map_err(|e| Error::io("opening", parent(link), e))?;
@@ -480,6 +493,24 @@ fn copy_lower_links(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers, as_root: b
         // `lib -> usr/lib` followed).
         let real_target =
             resolve_merged(root, lowers, parent(target_path))?.join(base(target_path));
+        // This layer may hold the target after all, where extraction could
+        // not see it: written through a lower symlink (moved there above),
+        // or at the path a lower symlink leads to. (At the literal path, the
+        // layer's own file came after the link, which keeps the lower one.)
+        let hidden_from_extraction =
+            real_target != *target_path || moved_to.iter().any(|to| real_target.starts_with(to));
+        if hidden_from_extraction
+            && let Ok(tfd) = sys::resolve_dir(root, parent(&real_target))
+            && sys::lstat_at(&tfd, base(&real_target))
+                .ok()
+                .flatten()
+                .is_some_and(|st| !is_whiteout(&st) && sys::file_type(&st) != FileType::Directory)
+        {
+            rfs::linkat(&tfd, base(&real_target), &pfd, base(link), AtFlags::empty())
+                .map_err(|e| Error::io("linking", link, e))?;
+            local.push(link.clone());
+            continue;
+        }
         let Below::Found(lpfd, st) = lowers.lookup(&real_target)? else {
             return Err(Error::entry(
                 link.to_string_lossy(),
@@ -492,7 +523,7 @@ fn copy_lower_links(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers, as_root: b
         copy_node(&lpfd, target_path, &st, &pfd, link, as_root)?;
         copied.insert(target_path, link);
     }
-    Ok(())
+    Ok(local)
 }
 
 /// Makes `link` in this layer a copy of the lower node `target` (a file's
