@@ -624,7 +624,6 @@ fn copy_node(
 /// root) becomes a whiteout of each name the lowers show there.
 fn drop_what_hides_nothing(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers) -> Result<()> {
     let opaque: BTreeSet<&Path> = fixups.opaque_dirs.iter().map(PathBuf::as_path).collect();
-    let mut emptied = BTreeSet::new();
     for wh in &fixups.whiteouts {
         let under_own_opaque = wh.ancestors().skip(1).any(|a| opaque.contains(a));
         if !under_own_opaque && matches!(lowers.lookup(wh)?, Below::Found(..)) {
@@ -637,7 +636,6 @@ fn drop_what_hides_nothing(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers) -> 
         {
             rfs::unlinkat(&pfd, base(wh), AtFlags::empty())
                 .map_err(|e| Error::io("dropping the whiteout", wh, e))?;
-            emptied.insert(parent(wh).to_owned());
         }
     }
     // Implied directories left empty (they held only whiteouts or an opaque
