@@ -39,15 +39,6 @@ fn is_whiteout(st: &rfs::Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
-fn is_opaque_dir(fd: &OwnedFd) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut value = [0u8; 2];
-            matches!(rfs::fgetxattr(fd, *name, &mut value), Ok(1) if value[0] == b'y')
-        })
-}
-
 /// What the merged view of the lowers holds at a path.
 pub(crate) enum Below {
     /// Nothing: absent, whited out, hidden by an opaque directory, or a
@@ -110,7 +101,7 @@ impl Lowers {
                     break;
                 }
                 let fd = sys::open_nofollow(&dir, name, true).map_err(io)?;
-                let opaque = is_opaque_dir(&fd);
+                let opaque = opaque_xattr_of(&fd).is_some();
                 next.push(fd);
                 if opaque {
                     break;
@@ -385,7 +376,7 @@ fn follow_lower_symlinks(
     Ok(moves.into_iter().map(|(_, to)| to).collect())
 }
 
-/// The opaque xattr a directory of this layer carries, if any.
+/// The opaque xattr a directory carries (either namespace), if any.
 fn opaque_xattr_of(fd: &OwnedFd) -> Option<&'static str> {
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .into_iter()
@@ -674,7 +665,7 @@ fn drop_what_hides_nothing(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers) -> 
         let dir_below =
             matches!(&below, Below::Found(_, st) if sys::file_type(st) == FileType::Directory);
         if dir_below && at_root {
-            hide_lower_root(&fd, lowers)?;
+            hide_lower_root(&fd, lowers, fixups.overlay_xattr)?;
         }
         if !dir_below || at_root {
             for name in prefixes {
@@ -691,16 +682,9 @@ fn drop_what_hides_nothing(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers) -> 
 /// The layer's root is opaque: every name the lowers show in the root is
 /// whited out, and this layer's own top-level directories that are
 /// directories below become opaque.
-fn hide_lower_root(root: &OwnedFd, lowers: &Lowers) -> Result<()> {
-    let opaque_name = if sys::xattrs(root)
-        .map_err(|e| Error::io("reading xattrs of", "/", e))?
-        .iter()
-        .any(|(k, _)| k == "user.overlay.opaque")
-    {
-        "user.overlay.opaque"
-    } else {
-        "trusted.overlay.opaque"
-    };
+fn hide_lower_root(root: &OwnedFd, lowers: &Lowers, xattr: crate::OverlayXattr) -> Result<()> {
+    let opaque_name = format!("{}opaque", xattr.prefix());
+    let opaque_name = opaque_name.as_str();
     for name in lowers.root_names()? {
         let rel = Path::new(&name);
         match sys::lstat_at(root, &name).map_err(|e| Error::io("reading", rel, e))? {
