@@ -21,13 +21,18 @@ if ! dpkg -s busybox-static >/dev/null 2>&1 || [ ! -x "$busybox" ]; then
 fi
 command -v umoci >/dev/null || { echo "umoci is needed: apt-get install umoci" >&2; exit 1; }
 
+# As an ordinary user (the unprivileged test tier), umoci unpacks rootless:
+# the repacked layers still say root owns the files.
+rootless=()
+[ "$(id -u)" = 0 ] || rootless=(--rootless)
+
 layout=$out/layout
 bundle=$out/bundle
 rm -rf "$layout" "$bundle"
 mkdir -p "$out"
 umoci init --layout "$layout"
 umoci new --image "$layout:latest"
-umoci unpack --image "$layout:latest" "$bundle"
+umoci unpack "${rootless[@]}" --image "$layout:latest" "$bundle"
 root=$bundle/rootfs
 
 # 1: busybox

@@ -128,7 +128,7 @@ fn assert_all_fail(c: &Case, code: i32, needle: &str) {
 }
 
 #[test]
-fn a_manifest_digest_shaped_like_a_path_is_refused() {
+fn privileged_a_manifest_digest_shaped_like_a_path_is_refused() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     let c = case(&[tar_of(&[("a", b"a")])]);
     let layout = c.root.join("layout");
@@ -149,7 +149,7 @@ fn a_manifest_digest_shaped_like_a_path_is_refused() {
 }
 
 #[test]
-fn a_layer_whose_bytes_do_not_match_the_manifest_is_never_used() {
+fn privileged_a_layer_whose_bytes_do_not_match_the_manifest_is_never_used() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     let c = case(&[tar_of(&[("a", b"a")]), tar_of(&[("b", &[b'b'; 4000])])]);
     let layout = c.root.join("layout");
@@ -165,7 +165,7 @@ fn a_layer_whose_bytes_do_not_match_the_manifest_is_never_used() {
 }
 
 #[test]
-fn config_diff_ids_that_do_not_match_the_layers_are_refused() {
+fn privileged_config_diff_ids_that_do_not_match_the_layers_are_refused() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     let c = case(&[tar_of(&[("a", b"a")])]);
     let layout = c.root.join("layout");
@@ -193,7 +193,7 @@ fn config_diff_ids_that_do_not_match_the_layers_are_refused() {
 }
 
 #[test]
-fn descriptor_sizes_smaller_or_larger_than_the_blob_are_refused() {
+fn privileged_descriptor_sizes_smaller_or_larger_than_the_blob_are_refused() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     for delta in [-7i64, 7] {
         let c = case(&[tar_of(&[("a", &[b'a'; 3000])])]);
@@ -207,7 +207,7 @@ fn descriptor_sizes_smaller_or_larger_than_the_blob_are_refused() {
 }
 
 #[test]
-fn a_truncated_gzip_layer_is_refused() {
+fn privileged_a_truncated_gzip_layer_is_refused() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     let c = case(&[tar_of(&[("a", &[b'a'; 50_000])])]);
     let layout = c.root.join("layout");
@@ -230,7 +230,7 @@ fn a_truncated_gzip_layer_is_refused() {
 }
 
 #[test]
-fn two_hundred_thousand_empty_entries_complete() {
+fn privileged_two_hundred_thousand_empty_entries_complete() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     let mut b = tar::Builder::new(Vec::new());
     for i in 0..200_000 {
@@ -262,7 +262,7 @@ impl AppendName for tar::Header {
 }
 
 #[test]
-fn an_image_whose_dev_is_a_symlink_to_root_stays_inside() {
+fn privileged_an_image_whose_dev_is_a_symlink_to_root_stays_inside() {
     assert!(strata_layer::running_as_root(), "run as root (CI does)");
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();

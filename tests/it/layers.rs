@@ -106,7 +106,7 @@ fn check_against_umoci(layout: &Path, tag: &str) -> std::collections::BTreeMap<S
 }
 
 #[test]
-fn busybox_image_flattens_exactly_as_umoci_unpacks_it() {
+fn privileged_busybox_image_flattens_exactly_as_umoci_unpacks_it() {
     let tree = check_against_umoci(busybox_layout(), "latest");
     assert!(
         tree.contains_key("bin/busybox") && tree.contains_key("opt/app/y"),
@@ -120,7 +120,7 @@ fn busybox_image_flattens_exactly_as_umoci_unpacks_it() {
 }
 
 #[test]
-fn debian_minbase_flattens_exactly_as_umoci_unpacks_it() {
+fn privileged_debian_minbase_flattens_exactly_as_umoci_unpacks_it() {
     let tree = check_against_umoci(debian_layout(), "latest");
     assert!(tree.len() > 3000, "only {} paths", tree.len());
     assert!(
@@ -135,7 +135,7 @@ fn debian_minbase_flattens_exactly_as_umoci_unpacks_it() {
 }
 
 #[test]
-fn every_layer_of_the_docker_save_archives_extracts_and_matches_umoci() {
+fn privileged_every_layer_of_the_docker_save_archives_extracts_and_matches_umoci() {
     require_tool("skopeo", "skopeo");
     let tmp = tempfile::tempdir().unwrap();
     let mut checked = 0;

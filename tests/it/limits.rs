@@ -50,7 +50,7 @@ fn incompressible(mb: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
-fn a_full_disk_mid_pull_fails_clearly_and_leaves_the_store_clean() {
+fn privileged_a_full_disk_mid_pull_fails_clearly_and_leaves_the_store_clean() {
     assert!(
         strata_layer::running_as_root(),
         "this test mounts a tmpfs: run as root (CI does)"

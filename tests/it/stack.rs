@@ -13,7 +13,7 @@ use crate::util::tree::{assert_same, manifest};
 use crate::util::{busybox_layout, real_images_dir, require_tool, run_err, run_ok, strata};
 
 #[test]
-fn pull_and_mount_from_a_registry_then_chroot_and_umount() {
+fn privileged_pull_and_mount_from_a_registry_then_chroot_and_umount() {
     let env = Env::new();
     let registry = Registry::plain();
     registry.push_layout(busybox_layout(), "latest", "test/busybox:1");
@@ -72,7 +72,7 @@ fn pull_and_mount_from_a_registry_then_chroot_and_umount() {
 }
 
 #[test]
-fn an_opaque_directory_shows_only_the_upper_layers_content() {
+fn privileged_an_opaque_directory_shows_only_the_upper_layers_content() {
     let env = Env::new();
     let layout = env.path("layout");
     write_layout(
@@ -110,7 +110,7 @@ fn an_opaque_directory_shows_only_the_upper_layers_content() {
 }
 
 #[test]
-fn rw_mount_writes_land_in_the_upper_and_layers_are_untouched() {
+fn privileged_rw_mount_writes_land_in_the_upper_and_layers_are_untouched() {
     let env = Env::new();
     let image = format!("oci:{}:latest", busybox_layout().display());
     let rootfs = env.path("rootfs");
@@ -174,7 +174,7 @@ fn rw_mount_writes_land_in_the_upper_and_layers_are_untouched() {
 /// Issue 11, 19: a mountpoint inside the store is refused (a later open's
 /// tmp/ clean-up, gc or fsck would meet the mount), before anything is made.
 #[test]
-fn a_mountpoint_inside_the_store_is_refused() {
+fn privileged_a_mountpoint_inside_the_store_is_refused() {
     let env = Env::new();
     let image = format!("oci:{}:latest", busybox_layout().display());
     run_ok(env.strata().args(["pull", &image]));
@@ -194,7 +194,7 @@ fn a_mountpoint_inside_the_store_is_refused() {
 }
 
 #[test]
-fn a_second_image_sharing_the_base_extracts_only_its_new_layers() {
+fn privileged_a_second_image_sharing_the_base_extracts_only_its_new_layers() {
     let env = Env::new();
     let base = tar_of(&[("bin/", b""), ("bin/tool", b"base tool")]);
     let a = env.path("a");
@@ -233,7 +233,7 @@ fn a_second_image_sharing_the_base_extracts_only_its_new_layers() {
 }
 
 #[test]
-fn the_mount_2_path_for_kernels_before_6_8_mounts_with_short_names() {
+fn privileged_the_mount_2_path_for_kernels_before_6_8_mounts_with_short_names() {
     let env = Env::new();
     let layout = env.path("l60");
     write_layout(&layout, "t", &many_layers(60), &["/x"]);
@@ -273,7 +273,7 @@ fn the_mount_2_path_for_kernels_before_6_8_mounts_with_short_names() {
 }
 
 #[test]
-fn images_of_60_129_and_500_layers_mount_and_501_is_refused_clearly() {
+fn privileged_images_of_60_129_and_500_layers_mount_and_501_is_refused_clearly() {
     let env = Env::new();
     for n in [60, 129, 500] {
         let layout = env.path(&format!("l{n}"));
@@ -328,7 +328,7 @@ fn images_of_60_129_and_500_layers_mount_and_501_is_refused_clearly() {
 
 /// A layer big enough that a pull takes a while: incompressible bytes.
 #[test]
-fn kill_9_during_a_pull_leaves_no_partial_layer_and_the_next_pull_succeeds() {
+fn privileged_kill_9_during_a_pull_leaves_no_partial_layer_and_the_next_pull_succeeds() {
     let env = Env::new();
     let layout = env.path("layout");
     write_layout(
@@ -383,7 +383,7 @@ fn kill_9_during_a_pull_leaves_no_partial_layer_and_the_next_pull_succeeds() {
 }
 
 #[test]
-fn two_concurrent_pulls_of_one_image_both_succeed_and_one_extracts() {
+fn privileged_two_concurrent_pulls_of_one_image_both_succeed_and_one_extracts() {
     let env = Env::new();
     let layout = env.path("layout");
     write_layout(
@@ -422,7 +422,7 @@ fn two_concurrent_pulls_of_one_image_both_succeed_and_one_extracts() {
 }
 
 #[test]
-fn flatten_equals_the_mounted_view_and_umoci_unpack() {
+fn privileged_flatten_equals_the_mounted_view_and_umoci_unpack() {
     require_tool("umoci", "umoci");
     let env = Env::new();
     let image = format!("oci:{}:latest", busybox_layout().display());
@@ -471,7 +471,7 @@ fn flatten_equals_the_mounted_view_and_umoci_unpack() {
 }
 
 #[test]
-fn bundle_runs_under_runc() {
+fn privileged_bundle_runs_under_runc() {
     require_tool("runc", "runc");
     let env = Env::new();
     let layout = env.path("layout");
@@ -528,7 +528,7 @@ fn bundle_runs_under_runc() {
 }
 
 #[test]
-fn pull_and_mount_a_docker_save_archive_with_the_pull_and_mount_binary() {
+fn privileged_pull_and_mount_a_docker_save_archive_with_the_pull_and_mount_binary() {
     let env = Env::new();
     let rootfs = env.path("rootfs");
     let archive = real_images_dir().join("hello-world.tar");
@@ -553,7 +553,7 @@ fn pull_and_mount_a_docker_save_archive_with_the_pull_and_mount_binary() {
 }
 
 #[test]
-fn mount_errors_a_user_will_meet_are_clear() {
+fn privileged_mount_errors_a_user_will_meet_are_clear() {
     let env = Env::new();
     let image = format!("oci:{}:latest", busybox_layout().display());
     // Not pulled yet.
@@ -603,7 +603,7 @@ fn mount_errors_a_user_will_meet_are_clear() {
 }
 
 #[test]
-fn not_root_is_told_to_use_root_or_flatten_before_anything_is_fetched() {
+fn privileged_not_root_is_told_to_use_root_or_flatten_before_anything_is_fetched() {
     let env = Env::new();
     let out = Command::new("setpriv")
         .args([
@@ -633,7 +633,7 @@ fn not_root_is_told_to_use_root_or_flatten_before_anything_is_fetched() {
 }
 
 #[test]
-fn images_rm_and_gc() {
+fn privileged_images_rm_and_gc() {
     let env = Env::new();
     let image = format!("oci:{}:latest", busybox_layout().display());
     run_ok(env.strata().args(["pull", &image]));

@@ -71,7 +71,8 @@ fn output_text(out: &Output) -> String {
 }
 
 #[test]
-fn fsck_finds_a_changed_byte_a_changed_mode_and_a_dangling_name_and_repair_lets_a_pull_restore() {
+fn privileged_fsck_finds_a_changed_byte_a_changed_mode_and_a_dangling_name_and_repair_lets_a_pull_restore()
+ {
     let env = Env::new();
     let (image, _) = images(&env);
     run_ok(env.strata().args(["pull", &image]));
@@ -204,7 +205,7 @@ fn finish_cleanly(child: Child, what: &str) -> Output {
 /// command run again completes, fsck is clean. Bounded in iterations and
 /// time; seeded.
 #[test]
-fn kill_9_at_random_points_of_pull_mount_umount_rm_and_gc_leaves_a_clean_store() {
+fn privileged_kill_9_at_random_points_of_pull_mount_umount_rm_and_gc_leaves_a_clean_store() {
     let env = Env::new();
     let (image, _) = images(&env);
     let rootfs = env.path("rootfs");
@@ -328,7 +329,7 @@ fn kill_9_at_random_points_of_pull_mount_umount_rm_and_gc_leaves_a_clean_store()
 /// that share layers, a pull-and-mount, an rm and a gc. Each succeeds or
 /// fails with a message; the store is clean after; everything still works.
 #[test]
-fn concurrent_pulls_mounts_rms_and_gcs_on_one_store_finish_cleanly() {
+fn privileged_concurrent_pulls_mounts_rms_and_gcs_on_one_store_finish_cleanly() {
     let env = Env::new();
     let (a, b) = images(&env);
     let seed = seed();

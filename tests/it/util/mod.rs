@@ -139,7 +139,12 @@ fn built_image(script: &str) -> PathBuf {
     let script_path = repo_root().join("testdata").join(script);
     let text = std::fs::read(&script_path).expect("reading the testdata script");
     let key = &sha256(&text)[7..19];
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("images/{script}-{key}"));
+    // `just test-unprivileged` points this at a directory its user owns.
+    let cache = std::env::var_os("STRATA_TEST_IMAGES").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("images"),
+        PathBuf::from,
+    );
+    let out = cache.join(format!("{script}-{key}"));
     if out.join("done").exists() {
         return out;
     }
