@@ -794,3 +794,94 @@ cases! {
         ],
     ];
 }
+
+cases! {
+    /// The rules of docs/whiteouts.md crossed with symlinked parents: a
+    /// whiteout through a lower symlink deletes at its destination, and a
+    /// later layer recreates the file there, through the symlink again.
+    privileged_cross_whiteout_then_recreation_through_a_lower_symlink: Want::Umoci, [
+        merged_usr(),
+        [whiteout("lib/old")],
+        [file("lib/old", b"back")],
+    ];
+    /// A whiteout through a lower symlink and a re-creation through it, in one layer.
+    privileged_cross_whiteout_and_recreation_through_a_lower_symlink_in_one_layer: Want::Umoci, [
+        merged_usr(),
+        [whiteout("lib/old"), file("lib/old", b"new")],
+    ];
+    /// An implied directory below a lower symlink takes nothing from the
+    /// symlink; the directory it leads to keeps its metadata.
+    privileged_cross_implied_dirs_through_a_lower_symlink: Want::Umoci, [
+        [dir("usr/").mode(0o750).owner(1, 2), dir("usr/lib/").mode(0o700).owner(3, 4), symlink("lib", "usr/lib")],
+        [file("lib/sub/deep/x", b"x")],
+    ];
+    /// An opaque directory crossed with hard links: a link inside it to a
+    /// file it holds, and a link inside it to a lower file outside it.
+    privileged_cross_opaque_with_hard_links: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), file("f", b"lower f")],
+        [opaque("d"), file("d/b", b"b"), hardlink("d/c", "d/b"), hardlink("d/l", "f")],
+    ];
+    /// A later opaque directory or whiteout over a hard link's target leaves
+    /// the link outside it whole.
+    privileged_cross_links_outlive_their_targets_being_hidden: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), hardlink("b", "d/a"), file("e", b"e"), hardlink("g", "e")],
+        [opaque("d"), whiteout("e")],
+    ];
+    /// Delete then recreate, with a hard link to the new content.
+    privileged_cross_delete_then_recreate_with_a_hard_link: Want::Umoci, [
+        [dir("d/"), file("d/old", b"o")],
+        [whiteout("d"), file("d/new", b"n"), hardlink("e", "d/new")],
+    ];
+    /// A directory becomes a file, then a directory again, across layers.
+    privileged_cross_directory_to_file_and_back: Want::Umoci, [
+        [dir("d/").mode(0o711), file("d/x", b"x")],
+        [whiteout("d"), file("d", b"now a file")],
+        [whiteout("d"), dir("d/").mode(0o755), file("d/y", b"y")],
+    ];
+    /// A file becomes a directory in one layer without a whiteout (the
+    /// directory entry replaces it), then gets an opaque marker below.
+    privileged_cross_file_replaced_by_a_directory_then_made_opaque: Want::Umoci, [
+        [file("d", b"file"), dir("e/"), file("e/x", b"x")],
+        [dir("d/"), file("d/in", b"in")],
+        [opaque("d"), file("d/only", b"only"), opaque("e")],
+    ];
+    /// A same-layer symlink as a parent, then an opaque marker through it.
+    privileged_cross_opaque_through_a_same_layer_symlink: Want::Umoci, [
+        [dir("real/"), file("real/old", b"o")],
+        [symlink("a", "real"), opaque("a"), file("a/new", b"n")],
+    ];
+    /// A lower hard-link group, one of whose names a later layer deletes and
+    /// recreates as a link to another lower file.
+    privileged_cross_relinking_a_name_of_a_lower_link_group: Want::Umoci, [
+        [file("x", b"x"), hardlink("y", "x"), file("z", b"z")],
+        [whiteout("y"), hardlink("y", "z")],
+    ];
+}
+
+cases! {
+    /// A whiteout through a same-layer symlink deletes at its destination.
+    privileged_cross_whiteout_through_a_same_layer_symlink: Want::Umoci, [
+        [dir("real/"), file("real/old", b"o"), file("real/keep", b"k")],
+        [symlink("a", "real"), whiteout("a/old")],
+    ];
+    /// An implied directory through a same-layer symlink takes the lower's metadata.
+    privileged_cross_implied_dir_through_a_same_layer_symlink: Want::Umoci, [
+        [dir("real/"), dir("real/sub/").mode(0o700).owner(5, 5), file("real/sub/old", b"o")],
+        [symlink("a", "real"), file("a/sub/new", b"n")],
+    ];
+}
+
+cases! {
+    /// A same-layer symlink to a directory only the lowers hold, written
+    /// through: the lower directory keeps its metadata and its content.
+    privileged_cross_writing_through_a_same_layer_symlink_to_a_lower_dir: Want::Umoci, [
+        [dir("real/").mode(0o700).owner(2, 3), file("real/old", b"o")],
+        [symlink("a", "real"), file("a/new", b"n")],
+    ];
+    /// A hard link whose target goes through a same-layer symlink to a
+    /// lower directory.
+    privileged_cross_a_link_through_a_same_layer_symlink_to_a_lower_file: Want::Umoci, [
+        [dir("real/"), file("real/f", b"lower f")],
+        [symlink("a", "real"), hardlink("l", "a/f")],
+    ];
+}

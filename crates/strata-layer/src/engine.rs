@@ -67,6 +67,11 @@ pub(crate) struct Writer<'o> {
     opaque_dirs: BTreeSet<PathBuf>,
     /// Whether the layer listed its root (`./`).
     root_listed: bool,
+    /// Overlay mode: whether this layer made a symlink. Until it does, a
+    /// lexical path is where the entry lands (the lowers' symlinks are not in
+    /// the directory); after, paths are resolved as in apply mode, so that
+    /// what the fix-up asks the lowers about is the real directory.
+    layer_symlinks: bool,
     /// Set while making the parents of a whiteout: such directories are not
     /// "written by this layer" (a later whiteout of them deletes them).
     for_whiteout: bool,
@@ -130,6 +135,7 @@ impl<'o> Writer<'o> {
             opaque_dirs: BTreeSet::new(),
             root_listed: false,
             for_whiteout: false,
+            layer_symlinks: false,
             parent_mtimes: HashMap::new(),
             last_parent: None,
             implied: BTreeSet::new(),
@@ -150,21 +156,52 @@ impl<'o> Writer<'o> {
     /// Apply mode: `dir` resolved through every symlink, as a path relative
     /// to the target; overlay mode (and without `/proc`): `dir` itself.
     fn resolved_dir(&self, dir: &Path) -> PathBuf {
-        if self.opts.mode != Mode::Apply || dir.as_os_str().is_empty() {
+        if !self.resolves() || dir.as_os_str().is_empty() {
             return dir.to_owned();
         }
-        sys::resolve_dir(&self.root, dir)
+        // The longest part that exists, resolved; the rest does not exist yet.
+        let mut existing = dir;
+        loop {
+            if let Ok(fd) = sys::resolve_dir(&self.root, existing) {
+                return self.path_in_root(&fd).map_or_else(
+                    || dir.to_owned(),
+                    |real| real.join(dir.strip_prefix(existing).unwrap_or(Path::new(""))),
+                );
+            }
+            match existing.parent() {
+                Some(up) if !up.as_os_str().is_empty() => existing = up,
+                _ => return dir.to_owned(),
+            }
+        }
+    }
+
+    /// Whether lexical paths must be resolved to be where entries land.
+    fn resolves(&self) -> bool {
+        self.opts.mode == Mode::Apply || self.layer_symlinks
+    }
+
+    /// Where `name` in the open directory `pfd` is, relative to the root
+    /// (`lexical` when paths need no resolving).
+    fn landed(&self, pfd: &OwnedFd, lexical: &Path) -> PathBuf {
+        if !self.resolves() {
+            return lexical.to_owned();
+        }
+        self.path_in_root(pfd)
+            .map_or_else(|| lexical.to_owned(), |dir| dir.join(base(lexical)))
+    }
+
+    /// Where an open file of the target is, relative to the target root.
+    fn path_in_root(&self, fd: &OwnedFd) -> Option<PathBuf> {
+        let full = sys::fd_path(fd)?;
+        full.strip_prefix(self.root_path.as_deref()?)
             .ok()
-            .and_then(|fd| sys::fd_path(&fd))
-            .zip(self.root_path.as_deref())
-            .and_then(|(full, root)| full.strip_prefix(root).ok().map(Path::to_owned))
-            .unwrap_or_else(|| dir.to_owned())
+            .map(Path::to_owned)
     }
 
     /// Apply mode: `path` with its parent resolved (the last component is
     /// never followed), cached for consecutive entries of one directory.
     fn resolved(&mut self, path: &Path) -> PathBuf {
-        if self.opts.mode != Mode::Apply || path.as_os_str().is_empty() {
+        if !self.resolves() || path.as_os_str().is_empty() {
             return path.to_owned();
         }
         let lexical = parent(path);
@@ -279,7 +316,8 @@ impl<'o> Writer<'o> {
         rfs::fchmod(&fd, FsMode::from_raw_mode(0o755))
             .map_err(|e| Error::io("setting the mode of", rel, e))?;
         if self.opts.mode == Mode::Overlay {
-            self.implied.insert(rel.to_owned());
+            let at = self.landed(pfd, rel);
+            self.implied.insert(at);
         }
         self.parent_cache = None;
         self.last_parent = None;
@@ -311,7 +349,10 @@ impl<'o> Writer<'o> {
             Mode::Overlay => {
                 let fd =
                     sys::resolve_read(&self.root, dir).map_err(|e| Error::io("opening", dir, e))?;
-                self.set_opaque(&fd, dir)
+                // Recorded where it is (through this layer's symlinks), so
+                // that the fix-up asks the lowers about that directory.
+                let at = self.path_in_root(&fd).unwrap_or_else(|| dir.to_owned());
+                self.set_opaque(&fd, &at)
             }
             // Deferred: an opaque marker acts as if it came first in the layer.
             Mode::Apply => {
@@ -370,6 +411,7 @@ impl<'o> Writer<'o> {
                 let pfd = self.ensure_dir(parent(target), label);
                 self.for_whiteout = false;
                 let pfd = pfd?;
+                let target = &self.landed(&pfd, target);
                 if self.whiteouts.contains(target) {
                     return Ok(());
                 }
@@ -442,6 +484,13 @@ impl<'o> Writer<'o> {
         }
         let pfd = self.ensure_dir(parent(path), label)?;
         self.keep_parent_mtime(&pfd, parent(path));
+        let landed;
+        let path = if self.opts.mode == Mode::Overlay && self.layer_symlinks {
+            landed = self.landed(&pfd, path);
+            &landed
+        } else {
+            path
+        };
         let name = base(path);
         let existing = sys::lstat_at(&pfd, name).map_err(|e| Error::io("reading", path, e))?;
         let mut make_opaque = false;
@@ -464,7 +513,10 @@ impl<'o> Writer<'o> {
         }
         match &entry.kind {
             Kind::Hardlink(target) => {
-                let target = clean(target)?;
+                let mut target = clean(target)?;
+                if self.opts.mode == Mode::Overlay && self.layer_symlinks {
+                    target = self.resolved(&target);
+                }
                 if target.as_os_str().is_empty() {
                     return Err(Error::entry(label, "a hard link to the root directory"));
                 }
@@ -580,6 +632,10 @@ impl<'o> Writer<'o> {
             Kind::Symlink(target) => {
                 rfs::symlinkat(target.as_path(), &pfd, name)
                     .map_err(|e| Error::io("creating the symlink", path, e))?;
+                if self.opts.mode == Mode::Overlay {
+                    self.layer_symlinks = true;
+                    self.parent_cache = None;
+                }
                 if self.as_root {
                     rfs::chownat(
                         &pfd,
