@@ -97,6 +97,7 @@ pub(crate) struct Writer<'o> {
 pub(crate) struct DirMeta {
     mode: u32,
     mtime: i64,
+    mtime_nsec: u32,
     inode: (u64, u64),
 }
 
@@ -611,7 +612,7 @@ impl<'o> Writer<'o> {
                 rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))
                     .map_err(|e| Error::io("setting the mode of", path, e))?;
                 self.set_xattrs(&file, entry, path, label)?;
-                rfs::futimens(&file, &sys::times(entry.mtime, 0))
+                rfs::futimens(&file, &sys::times(entry.mtime, entry.mtime_nsec))
                     .map_err(|e| Error::io("setting the mtime of", path, e))?;
             }
             Kind::Dir => {
@@ -649,7 +650,7 @@ impl<'o> Writer<'o> {
                 rfs::utimensat(
                     &pfd,
                     name,
-                    &sys::times(entry.mtime, 0),
+                    &sys::times(entry.mtime, entry.mtime_nsec),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| Error::io("setting the mtime of", path, e))?;
@@ -752,6 +753,7 @@ impl<'o> Writer<'o> {
             DirMeta {
                 mode: entry.mode,
                 mtime: entry.mtime,
+                mtime_nsec: entry.mtime_nsec,
                 inode: (st.st_dev, st.st_ino),
             },
         );
@@ -793,7 +795,7 @@ impl<'o> Writer<'o> {
         rfs::utimensat(
             pfd,
             name,
-            &sys::times(entry.mtime, 0),
+            &sys::times(entry.mtime, entry.mtime_nsec),
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| Error::io("setting the mtime of", path, e))
@@ -844,7 +846,7 @@ impl<'o> Writer<'o> {
             };
             rfs::fchmod(&fd, FsMode::from_raw_mode(meta.mode))
                 .map_err(|e| Error::io("setting the mode of", path, e))?;
-            rfs::futimens(&fd, &sys::times(meta.mtime, 0))
+            rfs::futimens(&fd, &sys::times(meta.mtime, meta.mtime_nsec))
                 .map_err(|e| Error::io("setting the mtime of", path, e))?;
         }
         let listed: HashSet<(u64, u64)> = self.dirs.values().map(|m| m.inode).collect();

@@ -59,6 +59,11 @@ pub struct Entry {
     pub gid: u64,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// The modification time's nanoseconds (PAX `mtime` fractions).
+    pub mtime_nsec: u32,
+    /// How many bytes of data follow (a regular file's size; for a sparse
+    /// file, the chunks' bytes); 0 for every other kind.
+    pub size: u64,
     /// Extended attributes (from PAX `SCHILY.xattr.*`).
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// A sparse file's layout (PAX sparse): the data holds only the chunks.
@@ -100,6 +105,25 @@ pub trait EntrySource {
     /// # Errors
     /// The source's read errors, or the first error `f` returns.
     fn visit(&mut self, f: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>) -> Result<()>;
+}
+
+/// The nanoseconds of a PAX time (`1700000000.123456789`), 0 without a
+/// fraction (digits past the ninth are dropped, as Go's archive/tar does).
+fn pax_nanoseconds(value: &[u8]) -> u32 {
+    let Some(dot) = value.iter().position(|&b| b == b'.') else {
+        return 0;
+    };
+    let digits: Vec<u8> = value[dot + 1..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .take(9)
+        .collect();
+    let mut nsec: u32 = 0;
+    for i in 0..9 {
+        nsec = nsec * 10 + u32::from(digits.get(i).map_or(0, |d| d - b'0'));
+    }
+    nsec
 }
 
 fn pax_number(value: &[u8]) -> Option<i64> {
@@ -237,6 +261,7 @@ impl<R: Read> EntrySource for TarSource<R> {
             // containerd) reads them; only PAX values below override.
             let header_id =
                 |field: std::io::Result<u64>| field.map_or(Some(0), |n| i64::try_from(n).ok());
+            let kind_has_data = kind == Kind::File;
             let mut entry = Entry {
                 name: name.clone(),
                 kind,
@@ -244,6 +269,8 @@ impl<R: Read> EntrySource for TarSource<R> {
                 uid: owner_id(header_id(header.uid()), "uid", &label)?,
                 gid: owner_id(header_id(header.gid()), "gid", &label)?,
                 mtime: header.mtime().unwrap_or(0).try_into().unwrap_or(i64::MAX),
+                mtime_nsec: 0,
+                size: if kind_has_data { tar_entry.size() } else { 0 },
                 xattrs: Vec::new(),
                 sparse: None,
             };
@@ -263,6 +290,7 @@ impl<R: Read> EntrySource for TarSource<R> {
                         entry.gid = owner_id(pax_number(ext.value_bytes()), "PAX gid", &label)?;
                     } else if key == b"mtime" {
                         entry.mtime = pax_number(ext.value_bytes()).unwrap_or(entry.mtime);
+                        entry.mtime_nsec = pax_nanoseconds(ext.value_bytes());
                     } else {
                         sparse.take(key, ext.value_bytes());
                     }
@@ -332,8 +360,36 @@ impl DirSource {
     }
 }
 
-fn is_overlay_xattr(name: &str) -> bool {
-    name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+/// The xattrs of a file in a layer directory (or an upper) as the layer's
+/// tar holds them: the overlay's own (`opaque`, `origin`, `impure`,
+/// `nlink`, …) are not the layer's, an escaped `P.overlay.overlay.X` (the
+/// kernel's form, ≥ 6.7, of a `P.overlay.X` set in the merged view) is
+/// `P.overlay.X` again, and a redirect or metacopy is refused: the file's
+/// data or its directory's content are then elsewhere, and no tar can say so.
+fn layer_xattrs(raw: Vec<(String, Vec<u8>)>, path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (key, value) in raw {
+        let Some((prefix, rest)) = ["trusted.overlay.", "user.overlay."]
+            .into_iter()
+            .find_map(|p| key.strip_prefix(p).map(|rest| (p, rest)))
+        else {
+            out.push((key, value));
+            continue;
+        };
+        if let Some(escaped) = rest.strip_prefix("overlay.") {
+            out.push((format!("{prefix}{escaped}"), value));
+        } else if rest == "redirect" || rest == "metacopy" {
+            return Err(Error::entry(
+                path.to_string_lossy(),
+                format!(
+                    "it carries {key}: an overlay mounted with redirect_dir or metacopy \
+                     made it, and its content lives in a lower layer, which no layer tar \
+                     can say (strata mounts with redirect_dir=off,metacopy=off)"
+                ),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn stat_entry(
@@ -342,6 +398,11 @@ fn stat_entry(
     kind: Kind,
     xattrs: Vec<(String, Vec<u8>)>,
 ) -> Entry {
+    let size = if kind == Kind::File {
+        u64::try_from(st.st_size).unwrap_or(0)
+    } else {
+        0
+    };
     Entry {
         name,
         kind,
@@ -349,10 +410,9 @@ fn stat_entry(
         uid: u64::from(st.st_uid),
         gid: u64::from(st.st_gid),
         mtime: st.st_mtime,
-        xattrs: xattrs
-            .into_iter()
-            .filter(|(k, _)| !is_overlay_xattr(k))
-            .collect(),
+        mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        size,
+        xattrs,
         sparse: None,
     }
 }
@@ -472,6 +532,8 @@ impl DirSource {
                 uid: dev.uid,
                 gid: dev.gid,
                 mtime: dev.mtime,
+                mtime_nsec: 0,
+                size: 0,
                 xattrs: Vec::new(),
                 sparse: None,
             };
@@ -484,8 +546,9 @@ impl DirSource {
         match sys::file_type(&st) {
             FileType::Directory => {
                 let fd = sys::open_nofollow(dir, name, true).map_err(io("opening", &path))?;
-                let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
-                let opaque = is_opaque(&xattrs);
+                let raw = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
+                let opaque = is_opaque(&raw);
+                let xattrs = layer_xattrs(raw, &path)?;
                 f(&stat_entry(bytes.clone(), &st, Kind::Dir, xattrs), no_data)?;
                 if opaque {
                     emit_opaque(&path, &st, f)?;
@@ -524,7 +587,10 @@ impl DirSource {
                     links.insert(key, bytes.clone());
                 }
                 let fd = sys::open_nofollow(dir, name, false).map_err(io("opening", &path))?;
-                let xattrs = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
+                let xattrs = layer_xattrs(
+                    sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?,
+                    &path,
+                )?;
                 let mut file = std::fs::File::from(fd);
                 f(&stat_entry(bytes, &st, Kind::File, xattrs), &mut file)?;
             }
@@ -596,9 +662,9 @@ impl EntrySource for DirSource {
         )
         .map_err(|e| Error::io("opening", &self.root, e))?;
         let st = rustix::fs::fstat(&root).map_err(|e| Error::io("reading", &self.root, e))?;
-        let xattrs =
-            sys::xattrs(&root).map_err(|e| Error::io("reading xattrs of", &self.root, e))?;
-        let opaque = is_opaque(&xattrs);
+        let raw = sys::xattrs(&root).map_err(|e| Error::io("reading xattrs of", &self.root, e))?;
+        let opaque = is_opaque(&raw);
+        let xattrs = layer_xattrs(raw, Path::new("/"))?;
         f(
             &stat_entry(b"./".to_vec(), &st, Kind::Dir, xattrs),
             &mut std::io::empty(),
@@ -607,5 +673,57 @@ impl EntrySource for DirSource {
             emit_opaque(Path::new(""), &st, f)?;
         }
         self.walk(root, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upper_gives_back_the_layers_xattrs_and_refuses_what_no_tar_can_say() {
+        let raw = |pairs: &[&str]| -> Vec<(String, Vec<u8>)> {
+            pairs
+                .iter()
+                .map(|k| ((*k).to_owned(), b"v".to_vec()))
+                .collect()
+        };
+        let kept = layer_xattrs(
+            raw(&[
+                "user.k",
+                "trusted.overlay.opaque",
+                "trusted.overlay.origin",
+                "trusted.overlay.impure",
+                "trusted.overlay.nlink",
+                "trusted.overlay.overlay.mine",
+                "user.overlay.overlay.theirs",
+                "security.capability",
+            ]),
+            Path::new("d"),
+        )
+        .unwrap();
+        let names: Vec<&str> = kept.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "user.k",
+                "trusted.overlay.mine",
+                "user.overlay.theirs",
+                "security.capability"
+            ]
+        );
+        for refused in ["trusted.overlay.redirect", "user.overlay.metacopy"] {
+            let err = layer_xattrs(raw(&[refused]), Path::new("usr/lib"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("usr/lib") && err.contains(refused), "{err}");
+        }
+    }
+
+    #[test]
+    fn pax_fractions_become_nanoseconds() {
+        assert_eq!(pax_nanoseconds(b"1700000000"), 0);
+        assert_eq!(pax_nanoseconds(b"1700000000.5"), 500_000_000);
+        assert_eq!(pax_nanoseconds(b"1700000000.123456789123"), 123_456_789);
     }
 }

@@ -30,6 +30,7 @@ mod report;
 mod sparse;
 mod sys;
 mod tar_framing;
+mod tar_writer;
 #[cfg(test)]
 mod tests;
 mod tree;
@@ -45,6 +46,7 @@ pub use index::{ChangeKind, LayerIndex, Merged, Node, Visible, index_source, ind
 pub use report::{Waste, WastedPath, waste};
 pub use sparse::Sparse;
 pub use sys::running_as_root;
+pub use tar_writer::TarWriter;
 pub use tree::{ContentHashes, tree_digest};
 
 /// How whiteouts are written.
