@@ -19,6 +19,7 @@
 //! It knows nothing of registries, stores or mounts: the caller hands it a
 //! `Read` and a directory.
 
+mod blob;
 mod compression;
 mod engine;
 mod entry;
@@ -38,6 +39,7 @@ mod tree;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use blob::{Blob, BlobOptions, write_blob};
 pub use compression::Compression;
 pub use entry::{DirSource, Entry, EntrySource, Kind};
 pub use error::{Error, Result};

@@ -36,6 +36,19 @@ impl<W: Write> TarWriter<W> {
     /// # Errors
     /// A write error, or a file whose data is not `entry.size` bytes.
     pub fn append(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()> {
+        self.append_with(entry, data, &mut |_, _| Ok(()))
+    }
+
+    /// As [`TarWriter::append`], handing the entry on to `consumer` with a
+    /// reader of its data that writes into the tar what it reads (what the
+    /// consumer leaves unread is copied after it returns): one read of the
+    /// source feeds both.
+    pub(crate) fn append_with(
+        &mut self,
+        entry: &Entry,
+        data: &mut dyn Read,
+        consumer: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
         let name = tar_name(entry);
         let (kind, link) = match &entry.kind {
             Kind::File | Kind::Whiteout | Kind::Opaque => (tar::EntryType::Regular, None),
@@ -123,9 +136,26 @@ impl<W: Write> TarWriter<W> {
         header.set_cksum();
         self.write(header.as_bytes())?;
 
-        if size > 0 {
-            let copied = io::copy(&mut data.take(size), &mut self.out)
-                .map_err(|e| Error::io("reading", std::path::Path::new(&entry.label()), e))?;
+        if size == 0 {
+            return consumer(entry, &mut io::empty());
+        }
+        {
+            let mut tee = Tee {
+                from: (&mut *data).take(size),
+                to: &mut self.out,
+                copied: 0,
+                write_error: None,
+            };
+            let consumed = consumer(entry, &mut tee).and_then(|()| {
+                io::copy(&mut tee, &mut io::sink())
+                    .map(drop)
+                    .map_err(|e| Error::io("reading", std::path::Path::new(&entry.label()), e))
+            });
+            if let Some(e) = tee.write_error.take() {
+                return Err(Error::io("writing", std::path::Path::new("the layer"), e));
+            }
+            consumed?;
+            let copied = tee.copied;
             let mut probe = [0u8; 1];
             let longer = data.read(&mut probe).is_ok_and(|n| n > 0);
             if copied != size || longer {
@@ -141,9 +171,8 @@ impl<W: Write> TarWriter<W> {
                     ),
                 ));
             }
-            self.pad(size)?;
         }
-        Ok(())
+        self.pad(size)
     }
 
     /// Writes the end-of-archive blocks and hands back the output.
@@ -167,6 +196,28 @@ impl<W: Write> TarWriter<W> {
     fn pad(&mut self, len: u64) -> Result<()> {
         let rest = (BLOCK - (len % BLOCK as u64) as usize) % BLOCK;
         self.write(&[0; BLOCK][..rest])
+    }
+}
+
+/// Reads from `from`, writing what it reads to `to`; a write error is kept
+/// aside (the reader only sees that the data stopped).
+struct Tee<'a, R: Read, W: Write> {
+    from: R,
+    to: &'a mut W,
+    copied: u64,
+    write_error: Option<io::Error>,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.from.read(buf)?;
+        if let Err(e) = self.to.write_all(&buf[..n]) {
+            let message = e.to_string();
+            self.write_error = Some(e);
+            return Err(io::Error::other(message));
+        }
+        self.copied += n as u64;
+        Ok(n)
     }
 }
 
