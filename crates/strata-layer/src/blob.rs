@@ -301,7 +301,10 @@ mod tests {
         dir
     }
 
-    fn entries(dir: &Path) -> Vec<(Vec<u8>, crate::Kind, u32, u64, Vec<u8>)> {
+    /// Name, kind, mode, size and data of each entry.
+    type Listing = Vec<(Vec<u8>, crate::Kind, u32, u64, Vec<u8>)>;
+
+    fn entries(dir: &Path) -> Listing {
         let mut out = Vec::new();
         DirSource::new(dir)
             .visit(&mut |e, data| {
