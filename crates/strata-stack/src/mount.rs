@@ -16,6 +16,12 @@ use crate::{Error, Result};
 /// `OVL_MAX_STACK`; checked: the 501st `lowerdir+` is refused).
 pub const MAX_LOWER_LAYERS: usize = 500;
 
+/// Options every writable mount names, whatever the kernel's defaults: a
+/// renamed directory is then copied up whole (no `redirect` xattr pointing
+/// into a lower layer) and a chmod copies the data up (no metadata-only
+/// copy), so that every upper can be written as a layer by `strata commit`.
+pub(crate) const WRITABLE_OPTIONS: [(&str, &str); 2] = [("redirect_dir", "off"), ("metacopy", "off")];
+
 /// What to mount where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
@@ -131,6 +137,11 @@ pub fn mount(spec: &MountSpec) -> Result<()> {
             if let Some((upper, work)) = &upper {
                 set("upperdir", upper)?;
                 set("workdir", work)?;
+                for (key, value) in WRITABLE_OPTIONS {
+                    fsconfig_set_string(&fs, key, value).map_err(|e| {
+                        mount_error(target, format!("overlay option {key}={value} refused"), e)
+                    })?;
+                }
             }
             // One lower directory may serve many mounts at once.
             let _ = fsconfig_set_string(&fs, "index", "off");
@@ -181,6 +192,9 @@ fn mount_legacy(spec: &MountSpec, upper: Option<&(PathBuf, PathBuf)>) -> Result<
             up.display(),
             work.display()
         ));
+        for (key, value) in WRITABLE_OPTIONS {
+            data.push_str(&format!(",{key}={value}"));
+        }
     }
     data.push_str(",index=off");
     const PAGE: usize = 4096;
