@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use strata_registry::{ImageRef, ImageSource, Platform, ResolvedImage};
-use strata_stack::Store;
+use strata_stack::{ImageRecord, Store};
 
 use crate::options::RegistryArgs;
 use crate::progress::Progress;
@@ -38,6 +38,21 @@ pub struct Context {
     pub registry: RegistryArgs,
     /// Progress reporting.
     pub progress: Progress,
+}
+
+/// An image the store holds that no source does (one `strata commit`
+/// made): commands that otherwise ask the image's source read it here.
+///
+/// # Errors
+/// When the store cannot be read.
+pub fn stored_image(ctx: &Context, image: &ImageRef) -> Result<Option<ImageRecord>> {
+    let Some(store) = ctx.existing_store()? else {
+        return Ok(None);
+    };
+    Ok(store
+        .find_image(&crate::pull::store_name(image))
+        .ok()
+        .filter(|record| record.source_digest.is_none()))
 }
 
 impl Context {

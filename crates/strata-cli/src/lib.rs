@@ -9,6 +9,7 @@
 pub mod commands;
 pub mod context;
 pub mod exit;
+pub mod image_edit;
 pub mod layers;
 pub mod options;
 pub mod output;
@@ -70,6 +71,8 @@ pub enum Command {
     Umount(commands::mount::UmountArgs),
     /// List the mounts strata made
     Mounts,
+    /// Turn a writable mount's changes into a new image in the store
+    Commit(commands::commit::CommitArgs),
     /// Write an image's merged rootfs into a plain directory
     Flatten(commands::flatten::FlattenArgs),
     /// Write an OCI runtime bundle (rootfs + config.json) for runc or crun
@@ -133,6 +136,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Mount(args) => commands::mount::run_mount(args, &ctx, &mut out),
         Command::Umount(args) => commands::mount::run_umount(args, &ctx, &mut out),
         Command::Mounts => commands::mount::run_mounts(&ctx, &mut out),
+        Command::Commit(args) => commands::commit::run(args, &ctx, &mut out),
         Command::Flatten(args) => commands::flatten::run(args, &ctx, &mut out),
         Command::Bundle(args) => commands::bundle::run(args, &ctx, &mut out),
         Command::Images => commands::images::run_images(&ctx, &mut out),
@@ -144,8 +148,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Which(args) => commands::which::run(args, &ctx, &mut out),
         Command::Diff(args) => commands::diff::run(args, &ctx, &mut out),
         Command::Waste(args) => commands::waste::run(args, &ctx, &mut out),
-        Command::Manifest(args) => commands::manifest::run(args, &cli.registry, &mut out),
-        Command::Config(args) => commands::config::run(args, &cli.registry, &mut out),
+        Command::Manifest(args) => commands::manifest::run(args, &ctx, &mut out),
+        Command::Config(args) => commands::config::run(args, &ctx, &mut out),
     }
 }
 

@@ -20,7 +20,8 @@ pub const MAX_LOWER_LAYERS: usize = 500;
 /// renamed directory is then copied up whole (no `redirect` xattr pointing
 /// into a lower layer) and a chmod copies the data up (no metadata-only
 /// copy), so that every upper can be written as a layer by `strata commit`.
-pub(crate) const WRITABLE_OPTIONS: [(&str, &str); 2] = [("redirect_dir", "off"), ("metacopy", "off")];
+pub(crate) const WRITABLE_OPTIONS: [(&str, &str); 2] =
+    [("redirect_dir", "off"), ("metacopy", "off")];
 
 /// What to mount where.
 #[derive(Debug, Clone, PartialEq, Eq)]

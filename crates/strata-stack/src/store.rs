@@ -5,6 +5,7 @@
 //! STORE/layers/<chain id hex>/layer.json   what it is (diff_id, sizes, counts)
 //! STORE/images/<manifest digest hex>.json  manifest, config, layer list
 //! STORE/refs.json                          name → manifest digest
+//! STORE/blobs/sha256/<hex>                 compressed layer blobs strata made (commit)
 //! STORE/mounts/<id>/{mount.json,upper,work}
 //! STORE/locks/                             one lock file per layer being made
 //! STORE/tmp/                               layers being made
@@ -120,6 +121,8 @@ pub struct MountRecord {
 pub struct GcReport {
     /// Chain ids of removed layers.
     pub removed: Vec<String>,
+    /// Digests of removed blobs (of committed images no name points at).
+    pub removed_blobs: Vec<String>,
     /// Bytes freed (apparent sizes of the removed files).
     pub freed_bytes: u64,
 }
@@ -139,7 +142,15 @@ pub struct LayerLock {
 /// A layer being made in `tmp/`; removed on drop unless committed.
 pub struct TmpLayer {
     dir: PathBuf,
-    dest: PathBuf,
+    /// `layers/`: the layer goes to `layers/<its chain id>`.
+    layers: PathBuf,
+    committed: bool,
+}
+
+/// A blob being written in `tmp/`; removed on drop unless committed.
+pub struct TmpBlob {
+    path: PathBuf,
+    blobs: PathBuf,
     committed: bool,
 }
 
@@ -233,7 +244,7 @@ impl Store {
     /// # Errors
     /// When the directories cannot be created or the lock taken.
     pub fn open(root: &Path) -> Result<Self> {
-        for sub in ["layers", "images", "mounts", "locks", "tmp"] {
+        for sub in ["layers", "images", "mounts", "locks", "tmp", "blobs/sha256"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("creating the store directory", &dir, e))?;
@@ -370,12 +381,45 @@ impl Store {
                 remove_tree(&entry.path())?;
             }
         }
-        let dir = tmp.join(format!("{}-{}", lock.hex, std::process::id()));
+        self.tmp_layer(tmp.join(format!("{}-{}", lock.hex, std::process::id())))
+    }
+
+    /// Starts making a layer whose chain id is known only once it is made
+    /// (a commit's): take [`Store::lock_layer`] of it before
+    /// [`TmpLayer::commit`].
+    ///
+    /// # Errors
+    /// When the directory cannot be made.
+    pub fn begin_new_layer(&self) -> Result<TmpLayer> {
+        self.tmp_layer(self.tmp_dir().join(format!("new-{}", unique_suffix())))
+    }
+
+    fn tmp_layer(&self, dir: PathBuf) -> Result<TmpLayer> {
         let diff = dir.join("diff");
         std::fs::create_dir_all(&diff).map_err(|e| Error::io("creating", &diff, e))?;
         Ok(TmpLayer {
-            dest: self.root.join("layers").join(&lock.hex),
+            layers: self.root.join("layers"),
             dir,
+            committed: false,
+        })
+    }
+
+    /// Where a blob strata made is kept (present or not).
+    #[must_use]
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex_of(digest))
+    }
+
+    /// Starts writing a blob in `tmp/`.
+    ///
+    /// # Errors
+    /// When the file cannot be made.
+    pub fn begin_blob(&self) -> Result<TmpBlob> {
+        let path = self.tmp_dir().join(format!("blob-{}", unique_suffix()));
+        File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+        Ok(TmpBlob {
+            path,
+            blobs: self.root.join("blobs/sha256"),
             committed: false,
         })
     }
@@ -585,8 +629,10 @@ impl Store {
 
     fn gc_locked(&self) -> Result<GcReport> {
         let mut live: BTreeSet<String> = BTreeSet::new();
+        let mut live_blobs: BTreeSet<String> = BTreeSet::new();
         for (image, _) in self.images()? {
             live.extend(image.layers.iter().map(|l| hex_of(&l.chain_id).to_owned()));
+            live_blobs.extend(image.layers.iter().map(|l| hex_of(&l.digest).to_owned()));
         }
         for mount in self.mounts()? {
             live.extend(mount.chain_ids.iter().map(|c| hex_of(c).to_owned()));
@@ -601,6 +647,18 @@ impl Store {
             }
             report.freed_bytes += self.remove_layer_dir(&name)?;
             report.removed.push(format!("sha256:{name}"));
+        }
+        let blobs = self.root.join("blobs/sha256");
+        for entry in std::fs::read_dir(&blobs).map_err(|e| Error::io("listing", &blobs, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &blobs, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if live_blobs.contains(&name) {
+                continue;
+            }
+            report.freed_bytes += entry.metadata().map_or(0, |m| m.len());
+            std::fs::remove_file(entry.path())
+                .map_err(|e| Error::io("removing", entry.path(), e))?;
+            report.removed_blobs.push(format!("sha256:{name}"));
         }
         // Short links of removed layers dangle now.
         if let Ok(links) = std::fs::read_dir(self.links_dir()) {
@@ -640,22 +698,75 @@ impl TmpLayer {
     /// # Errors
     /// When the record cannot be written or the rename fails.
     pub fn commit(mut self, record: &LayerRecord) -> Result<()> {
+        let dest = self.layers.join(hex_of(&record.chain_id));
         write_atomic(
             &self.dir.join("layer.json"),
             &serde_json::to_vec_pretty(record).expect("records serialise"),
             &self.dir,
         )?;
-        match std::fs::rename(&self.dir, &self.dest) {
+        match std::fs::rename(&self.dir, &dest) {
             Ok(()) => {}
             // Made meanwhile by a process that did not take the lock; same content.
-            Err(e) if self.dest.join("layer.json").is_file() => {
+            Err(e) if dest.join("layer.json").is_file() => {
                 tracing::debug!(error = %e, "layer already in the store");
+                return Ok(());
             }
-            Err(e) => return Err(Error::io("moving the layer into the store", &self.dest, e)),
+            Err(e) => return Err(Error::io("moving the layer into the store", &dest, e)),
         }
         self.committed = true;
         Ok(())
     }
+}
+
+impl TmpBlob {
+    /// The file being written.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes the blob to disk and moves it to [`Store::blob_path`]
+    /// `(digest)`, which the caller computed while writing it.
+    ///
+    /// # Errors
+    /// When the blob cannot be synced or moved.
+    pub fn commit(mut self, digest: &str) -> Result<PathBuf> {
+        let hex = hex_of(digest);
+        if !valid_hex(hex) {
+            return Err(Error::io(
+                "storing",
+                &self.path,
+                std::io::Error::other(format!("{digest} is not a sha256 digest")),
+            ));
+        }
+        File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("syncing", &self.path, e))?;
+        let dest = self.blobs.join(hex);
+        std::fs::rename(&self.path, &dest)
+            .map_err(|e| Error::io("moving the blob into the store", &dest, e))?;
+        self.committed = true;
+        Ok(dest)
+    }
+}
+
+impl Drop for TmpBlob {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A name no other process or call of this one uses at the same time.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Drop for TmpLayer {

@@ -1,10 +1,10 @@
 //! `strata config IMAGE`: the image config, byte for byte.
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use strata_registry::{ImageRef, ImageSource, Platform};
 
-use crate::options::RegistryArgs;
+use crate::context::{Context, stored_image};
 use crate::output::Output;
 
 /// Print an image's config JSON (entrypoint, env, diff_ids, history) as stored
@@ -20,7 +20,12 @@ pub struct ConfigArgs {
 }
 
 /// Runs the command.
-pub fn run(args: &ConfigArgs, registry: &RegistryArgs, out: &mut Output) -> Result<()> {
+pub fn run(args: &ConfigArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    // An image the store holds (one `strata commit` made exists nowhere else).
+    if let Some(record) = stored_image(ctx, &args.image)? {
+        return out.bytes(record.config.as_bytes());
+    }
+    let registry = &ctx.registry;
     let source = ImageSource::open(&args.image, &registry.options()?)
         .with_context(|| format!("opening {}", args.image))?;
     let platform = registry.platform()?.unwrap_or_else(Platform::host);

@@ -69,8 +69,12 @@ pub fn run_gc(ctx: &Context, out: &mut Output) -> Result<()> {
     if ctx.store_args.json {
         return out.json(&serde_json::json!(report));
     }
+    let blobs = match report.removed_blobs.len() {
+        0 => String::new(),
+        n => format!(" and {n} blobs"),
+    };
     out.line(&format!(
-        "removed {} layers, freed {}",
+        "removed {} layers{blobs}, freed {}",
         report.removed.len(),
         human_bytes(report.freed_bytes)
     ))

@@ -1,10 +1,10 @@
 //! `strata manifest IMAGE`: the manifest or index, byte for byte.
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use strata_registry::{ImageRef, ImageSource};
 
-use crate::options::RegistryArgs;
+use crate::context::{Context, stored_image};
 use crate::output::Output;
 
 /// Print an image's manifest (or index) exactly as the source holds it
@@ -23,7 +23,12 @@ pub struct ManifestArgs {
 }
 
 /// Runs the command.
-pub fn run(args: &ManifestArgs, registry: &RegistryArgs, out: &mut Output) -> Result<()> {
+pub fn run(args: &ManifestArgs, ctx: &Context, out: &mut Output) -> Result<()> {
+    // An image the store holds (one `strata commit` made exists nowhere else).
+    if let Some(record) = stored_image(ctx, &args.image)? {
+        return out.bytes(record.manifest.as_bytes());
+    }
+    let registry = &ctx.registry;
     let source = ImageSource::open(&args.image, &registry.options()?)
         .with_context(|| format!("opening {}", args.image))?;
     let raw = match registry.platform()? {

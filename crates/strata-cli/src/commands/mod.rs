@@ -1,6 +1,7 @@
 //! One file per subcommand (or per family of them).
 
 pub mod bundle;
+pub mod commit;
 pub mod config;
 pub mod diff;
 pub mod flatten;
