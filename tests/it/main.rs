@@ -8,6 +8,7 @@
 
 mod util;
 
+mod commit;
 mod hostile;
 mod inspect;
 mod layers;
