@@ -39,6 +39,7 @@ case "$1" in
     ctr-warm)     unmount_all; ctr -a "$W/containerd/sock" -n bench snapshots rm bench-mount >/dev/null 2>&1; rm -rf "$W/ctr-mnt"; mkdir -p "$W/ctr-mnt"; drop_caches ;;
     tar)          rm -rf "$W/tar-out"; drop_caches ;;
     stop)         unmount_all; stop_containerd ;;
-    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|stop" >&2; exit 2 ;;
+    drop)         drop_caches ;;
+    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|stop|drop" >&2; exit 2 ;;
 esac
 exit 0

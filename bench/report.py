@@ -7,7 +7,9 @@ import os
 import sys
 
 results, images = sys.argv[1], sys.argv[2].split()
-contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit"]
+contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit",
+              "strata-commit", "tar-gzip", "tar-pigz", "buildah-commit", "strata-commit-one-file"]
+images = images + ["commit"]
 
 
 def load(image, contender):
@@ -32,6 +34,9 @@ pairs = [
     ("strata-cold", "tar-limit", 0.80),
     ("strata-warm", "ctr-mount", 0.50),
     ("strata-flatten", "umoci-unpack", 0.30),
+    ("strata-commit", "tar-gzip", 0.50),
+    ("strata-commit", "tar-pigz", 1.00),
+    ("strata-commit", "buildah-commit", 0.50),
 ]
 print("| image | ratio | measured | target | met |")
 print("|---|---|---:|---:|---|")
@@ -47,4 +52,8 @@ for image in images:
     path = os.path.join(results, f"{image}--strata-rss.txt")
     if os.path.exists(path):
         kib = int(open(path).read().split()[-1])
-        print(f"peak RSS of strata pull-and-mount ({image}): {kib / 1024:.1f} MiB")
+        what = "commit" if image == "commit" else "pull-and-mount"
+        print(f"peak RSS of strata {what} ({image}): {kib / 1024:.1f} MiB")
+one = load("commit", "strata-commit-one-file")
+if one is not None:
+    print(f"one-file commit on the layered image: {one['median'] * 1000:.0f} ms (target < 50 ms)")

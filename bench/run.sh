@@ -3,17 +3,19 @@
 # by side in one run, caches dropped before every run, medians of 3 runs.
 # Builds its images with public tools, serves them from a local registry.
 #   BENCH_DIR (default /var/tmp/strata-bench), BENCH_RUNS (default 3),
-#   BENCH_IMAGES (default "small debian layered").
+#   BENCH_IMAGES (default "small debian layered"), BENCH_PARTS (default
+#   "read commit": the pull/mount/flatten rows, the commit rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "just bench mounts and drops caches: run it as root" >&2; exit 1; }
 bash .ci/deps
 export DEBIAN_FRONTEND=noninteractive
-for p in containerd hyperfine time; do dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq "$p"; }; done
+for p in containerd hyperfine time pigz; do dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq "$p"; }; done
 
 export W=${BENCH_DIR:-/var/tmp/strata-bench}
 runs=${BENCH_RUNS:-3}
 images=${BENCH_IMAGES:-small debian layered}
+parts=${BENCH_PARTS:-read commit}
 mkdir -p "$W/images" "$W/results"
 rm -f "$W/results/"*.json
 cargo build --release --quiet
@@ -59,6 +61,7 @@ bench() { # image contender prepare command
 }
 
 for name in $images; do
+    [[ " $parts " == *" read "* ]] || break
     layout=${!name}
     ref=127.0.0.1:$port/bench/$name:latest
     skopeo copy --quiet --dest-tls-verify=false "oci:$layout:latest" "docker://$ref"
@@ -79,5 +82,8 @@ for name in $images; do
     bench "$name" tar-limit "$ctl tar" "printf '%s\n' $blobs | xargs -P2 -I{} sh -c 'mkdir -p $W/tar-out/{} && tar -xzf $layout/blobs/sha256/{} -C $W/tar-out/{}'"
 done
 $ctl stop
+if [[ " $parts " == *" commit "* ]]; then
+    source bench/commit.sh
+fi
 
 python3 bench/report.py "$W/results" "$images" | tee "$W/results/table.md"
