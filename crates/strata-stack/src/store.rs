@@ -434,11 +434,14 @@ impl Store {
             .join("images")
             .join(format!("{}.json", hex_of(&record.digest)));
         let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
-        write_atomic(&path, &bytes, &self.tmp_dir())?;
-        self.update_refs(|refs| {
+        // Under the names' lock: an `rm` of the last name of this digest
+        // cannot remove the record between its write and the new names.
+        self.with_refs(|refs| {
+            write_atomic(&path, &bytes, &self.tmp_dir())?;
             for name in names {
                 refs.insert(name.clone(), record.digest.clone());
             }
+            Ok(())
         })
     }
 
@@ -446,15 +449,38 @@ impl Store {
         &self,
         change: impl FnOnce(&mut BTreeMap<String, String>),
     ) -> Result<()> {
+        self.with_refs(|refs| {
+            change(refs);
+            Ok(())
+        })
+    }
+
+    /// Runs `change` on the names while holding their lock (it may write
+    /// records too), then writes the names.
+    fn with_refs<T>(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<T>,
+    ) -> Result<T> {
+        let _lock = self.lock_refs()?;
+        let mut refs = self.refs()?;
+        let out = change(&mut refs)?;
+        self.write_refs(&refs)?;
+        Ok(out)
+    }
+
+    /// The lock every change of the names holds (released on drop).
+    fn lock_refs(&self) -> Result<File> {
         let lock_path = self.root.join("refs.lock");
         let lock = open_lock_file(&lock_path)?;
         lock.lock()
             .map_err(|e| Error::io("locking", &lock_path, e))?;
-        let mut refs = self.refs()?;
-        change(&mut refs);
+        Ok(lock)
+    }
+
+    fn write_refs(&self, refs: &BTreeMap<String, String>) -> Result<()> {
         write_atomic(
             &self.root.join("refs.json"),
-            &serde_json::to_vec_pretty(&refs).expect("refs serialise"),
+            &serde_json::to_vec_pretty(refs).expect("refs serialise"),
             &self.tmp_dir(),
         )
     }
@@ -521,15 +547,22 @@ impl Store {
     pub fn remove_image(&self, name: &str) -> Result<ImageRecord> {
         let record = self.find_image(name)?;
         let digest = record.digest.clone();
-        self.update_refs(|refs| {
-            refs.retain(|n, d| !(n == name || (name == digest && *d == digest)));
-        })?;
-        if !self.refs()?.values().any(|d| *d == digest) {
-            let path = self
-                .root
-                .join("images")
-                .join(format!("{}.json", hex_of(&digest)));
-            std::fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+        let path = self
+            .root
+            .join("images")
+            .join(format!("{}.json", hex_of(&digest)));
+        // Under the names' lock (a pull cannot name the record meanwhile);
+        // the names are written first, so a kill never leaves a dangling one.
+        let _lock = self.lock_refs()?;
+        let mut refs = self.refs()?;
+        refs.retain(|n, d| !(n == name || (name == digest && *d == digest)));
+        self.write_refs(&refs)?;
+        if !refs.values().any(|d| *d == digest) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &path, e)),
+            }
         }
         Ok(record)
     }
