@@ -43,6 +43,8 @@ pub struct FsckReport {
     pub names: usize,
     /// Mount records checked.
     pub mounts: usize,
+    /// Kept blobs (of committed layers) read and hashed.
+    pub blobs: usize,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
 }
@@ -113,6 +115,7 @@ impl Store {
         let images = self.check_images(&layers, &mut report, &mut fixes)?;
         self.check_refs(&images, &mut report, &mut fixes)?;
         self.check_mounts(&layers, &mut report)?;
+        self.check_blobs(&mut report, &mut fixes)?;
         if repair {
             for (i, fix) in fixes {
                 let removed = match fix {
@@ -202,6 +205,40 @@ impl Store {
             )),
             Err(e) => Err(format!("cannot read the layer's files: {e}")),
         }
+    }
+
+    /// Every kept blob must hash to its name: it is the only copy of a
+    /// committed layer's tar until it is pushed. A damaged one is removed by
+    /// repair (a push then fails naming it, instead of sending bad bytes).
+    fn check_blobs(&self, report: &mut FsckReport, fixes: &mut Vec<(usize, Fix)>) -> Result<()> {
+        let dir = self.root().join("blobs/sha256");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            report.blobs += 1;
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let actual = std::fs::File::open(&path).and_then(|mut f| {
+                let mut hash = Sha256::new();
+                std::io::copy(&mut f, &mut hash)?;
+                Ok(hex::encode(hash.finalize()))
+            });
+            let message = match actual {
+                Ok(hex) if valid_hex(&name) && hex == name => continue,
+                Ok(hex) if valid_hex(&name) => format!("the blob's bytes hash to sha256:{hex}"),
+                Ok(_) => "not a blob (its name is not a sha256 digest)".to_owned(),
+                Err(e) => format!("cannot be read: {e}"),
+            };
+            fixes.push((report.problems.len(), Fix::File(path.clone())));
+            report.problem(path, message);
+        }
+        Ok(())
     }
 
     /// Sorts the image records by what becomes of them.

@@ -31,11 +31,12 @@ pub fn run(args: &FsckArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             out.line(&format!("{}: {}{removed}", p.path.display(), p.message))?;
         }
         out.line(&format!(
-            "checked {} layers, {} images, {} names, {} mounts: {}",
+            "checked {} layers, {} images, {} names, {} mounts, {} blobs: {}",
             report.layers,
             report.images,
             report.names,
             report.mounts,
+            report.blobs,
             if report.is_clean() {
                 "clean".to_owned()
             } else {
