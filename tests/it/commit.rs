@@ -44,6 +44,7 @@ mkfifo "$r/srv/fifo"
 cp "$r/usr/bin/true" "$r/usr/local/bin/suid" && chmod 4755 "$r/usr/local/bin/suid"
 echo long > "$r/usr/local/$(printf 'n%.0s' $(seq 1 120))"
 mknod "$r/dev/strata-null" c 1 3
+truncate -s 100M "$r/var/sparse" && printf data | dd of="$r/var/sparse" bs=1 seek=5000000 conv=notrunc 2>/dev/null
 "#;
 
 /// Writes an OCI layout of `name` from what strata holds: the base's blobs
@@ -124,6 +125,10 @@ fn privileged_a_commit_flattens_and_unpacks_to_the_merged_view_the_user_saw() {
     assert_eq!(out["layers"], 3, "{out}");
     assert!(out["whiteouts"].as_u64().unwrap() >= 2, "{out}");
     assert!(out["opaque_dirs"].as_u64().unwrap() >= 1, "{out}");
+    assert!(
+        out["tar_bytes"].as_u64().unwrap() < 50 << 20,
+        "the sparse file's hole went into the tar: {out}"
+    );
 
     // strata's flatten of the new image, from the store.
     let flat = env.path("flat");
@@ -437,6 +442,21 @@ fn privileged_hostile_uppers_stay_confined_and_refusals_say_what_they_refuse() {
     );
     let (_, err) = run_err(env.strata().args(["inspect", "hostile:2"]));
     assert!(err.contains("hostile:2"), "{err}");
+
+    // A damaged kept blob (the only copy of the layer's tar) is found.
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+    let fsck = env.strata().arg("fsck").output().unwrap();
+    let said =
+        String::from_utf8_lossy(&fsck.stdout).into_owned() + &String::from_utf8_lossy(&fsck.stderr);
+    assert!(!fsck.status.success(), "{said}");
+    assert!(
+        said.contains(blob.file_name().unwrap().to_str().unwrap()) && said.contains("hash"),
+        "{said}"
+    );
+    bytes[0] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
 
     // A read-only mount or a plain directory is not something to commit.
     let ro = env.path("ro");

@@ -298,6 +298,9 @@ mod tests {
         std::fs::hard_link(root.join("etc/a"), root.join("etc/a2")).unwrap();
         std::os::unix::fs::symlink("a", root.join("etc/link")).unwrap();
         std::fs::write(root.join("x".repeat(150)), b"long name").unwrap();
+        let sparse = std::fs::File::create(root.join("sparse")).unwrap();
+        sparse.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&sparse, b"in the middle", 10 << 20).unwrap();
         dir
     }
 
@@ -360,6 +363,19 @@ mod tests {
                 "{compression:?}"
             );
             assert_eq!(blob.entries, entries(src.path()).len() as u64);
+            // The hole stayed a hole: a few blocks, not 64 MiB, in the tar
+            // and in both trees.
+            assert!(blob.tar_bytes < 1 << 20, "{}", blob.tar_bytes);
+            for tree in [back.path(), layer.path()] {
+                let md = std::fs::metadata(tree.join("sparse")).unwrap();
+                assert_eq!(md.len(), 64 << 20);
+                assert!(
+                    std::os::unix::fs::MetadataExt::blocks(&md) < 1024,
+                    "{compression:?}"
+                );
+                let bytes = std::fs::read(tree.join("sparse")).unwrap();
+                assert_eq!(&bytes[10 << 20..(10 << 20) + 13], b"in the middle");
+            }
         }
     }
 

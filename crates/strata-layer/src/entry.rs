@@ -300,6 +300,7 @@ impl<R: Read> EntrySource for TarSource<R> {
                 && let Some((real_name, layout)) = sparse.resolve(&mut tar_entry, &label())?
             {
                 entry.name = real_name;
+                entry.size = layout.chunks.iter().map(|(_, len)| len).sum();
                 entry.sparse = Some(layout);
             }
             match names::classify(&names::clean(&entry.name)?, &entry.label())? {
@@ -591,8 +592,23 @@ impl DirSource {
                     sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?,
                     &path,
                 )?;
+                let chunks = sys::data_chunks(&fd, &st).map_err(io("reading", &path))?;
+                let mut entry = stat_entry(bytes, &st, Kind::File, xattrs);
                 let mut file = std::fs::File::from(fd);
-                f(&stat_entry(bytes, &st, Kind::File, xattrs), &mut file)?;
+                match chunks {
+                    // Holes stay holes: only the data chunks are read.
+                    Some(chunks) => {
+                        let sparse = crate::Sparse {
+                            real_size: entry.size,
+                            chunks,
+                        };
+                        entry.size = sparse.chunks.iter().map(|(_, len)| len).sum();
+                        let mut data = crate::sparse::ChunkReader::new(file, &sparse);
+                        entry.sparse = Some(sparse);
+                        f(&entry, &mut data)?;
+                    }
+                    None => f(&entry, &mut file)?,
+                }
             }
             FileType::Symlink if st.st_nlink > 1 && links.contains_key(&(st.st_dev, st.st_ino)) => {
                 let first = links[&(st.st_dev, st.st_ino)].clone();

@@ -75,6 +75,52 @@ impl SparseRecords {
     }
 }
 
+/// The data chunks of a sparse file on disk, one after the other: what a
+/// PAX sparse entry's data holds after its map.
+pub(crate) struct ChunkReader {
+    file: std::fs::File,
+    chunks: std::vec::IntoIter<(u64, u64)>,
+    /// The current chunk's next offset and the bytes left in it.
+    at: u64,
+    left: u64,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(file: std::fs::File, sparse: &Sparse) -> Self {
+        Self {
+            file,
+            chunks: sparse.chunks.clone().into_iter(),
+            at: 0,
+            left: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
+        while self.left == 0 {
+            match self.chunks.next() {
+                Some((offset, len)) => (self.at, self.left) = (offset, len),
+                None => return Ok(0),
+            }
+        }
+        let want = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            // The file shrank: the caller sees the data end early.
+            self.left = 0;
+            self.chunks = Vec::new().into_iter();
+            return Ok(0);
+        }
+        self.at += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// The logical content of a sparse file (holes as zeros) from its chunk
 /// data: what a reader of the file sees, for hashing.
 pub(crate) struct Expand<'a> {

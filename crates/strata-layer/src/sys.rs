@@ -156,6 +156,40 @@ pub(crate) fn fd_path(fd: impl AsFd) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).ok()
 }
 
+/// Where a regular file holds data, as (offset, length) runs, when it has
+/// holes (`SEEK_DATA`/`SEEK_HOLE`); `None` for a file without holes, or on
+/// a filesystem that cannot say. Leaves the offset at 0.
+pub(crate) fn data_chunks(fd: impl AsFd, st: &Stat) -> io::Result<Option<Vec<(u64, u64)>>> {
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let allocated = u64::try_from(st.st_blocks)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(512);
+    if size == 0 || allocated >= size {
+        return Ok(None);
+    }
+    let fd = fd.as_fd();
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let data = match rfs::seek(fd, rfs::SeekFrom::Data(at)) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rfs::seek(fd, rfs::SeekFrom::Hole(data))?.min(size);
+        if hole > data {
+            chunks.push((data, hole - data));
+        }
+        at = hole;
+    }
+    rfs::seek(fd, rfs::SeekFrom::Start(0))?;
+    if chunks == [(0, size)] {
+        return Ok(None);
+    }
+    Ok(Some(chunks))
+}
+
 /// Timestamps with atime = mtime.
 pub(crate) fn times(secs: i64, nanos: u32) -> Timestamps {
     let t = Timespec {

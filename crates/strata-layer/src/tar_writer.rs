@@ -49,7 +49,20 @@ impl<W: Write> TarWriter<W> {
         data: &mut dyn Read,
         consumer: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
-        let name = tar_name(entry);
+        let real_name = tar_name(entry);
+        // A sparse file is a PAX sparse 1.0 entry (GNU tar's
+        // `--sparse --format=posix`): a stand-in name, the real one in
+        // `GNU.sparse.name`, and the data led by the chunk map.
+        let sparse_map = entry
+            .sparse
+            .as_ref()
+            .filter(|_| entry.kind == Kind::File)
+            .map(sparse_map_block);
+        let name = if sparse_map.is_some() {
+            sparse_stand_in(&real_name)
+        } else {
+            real_name.clone()
+        };
         let (kind, link) = match &entry.kind {
             Kind::File | Kind::Whiteout | Kind::Opaque => (tar::EntryType::Regular, None),
             Kind::Dir => (tar::EntryType::Directory, None),
@@ -62,11 +75,12 @@ impl<W: Write> TarWriter<W> {
             Kind::Block(..) => (tar::EntryType::Block, None),
             Kind::Fifo => (tar::EntryType::Fifo, None),
         };
-        let size = if entry.kind == Kind::File {
+        let data_size = if entry.kind == Kind::File {
             entry.size
         } else {
             0
         };
+        let size = data_size + sparse_map.as_ref().map_or(0, |m| m.len() as u64);
 
         let mut pax = Vec::new();
         if name.len() > 100 {
@@ -85,6 +99,16 @@ impl<W: Write> TarWriter<W> {
         }
         if size > MAX_OCTAL_11 {
             pax_record(&mut pax, "size", size.to_string().as_bytes());
+        }
+        if let Some(sparse) = entry.sparse.as_ref().filter(|_| sparse_map.is_some()) {
+            pax_record(&mut pax, "GNU.sparse.major", b"1");
+            pax_record(&mut pax, "GNU.sparse.minor", b"0");
+            pax_record(&mut pax, "GNU.sparse.name", &real_name);
+            pax_record(
+                &mut pax,
+                "GNU.sparse.realsize",
+                sparse.real_size.to_string().as_bytes(),
+            );
         }
         let mtime_fits = u64::try_from(entry.mtime).is_ok_and(|t| t <= MAX_OCTAL_11);
         if !mtime_fits || entry.mtime_nsec != 0 {
@@ -136,10 +160,15 @@ impl<W: Write> TarWriter<W> {
         header.set_cksum();
         self.write(header.as_bytes())?;
 
-        if size == 0 {
-            return consumer(entry, &mut io::empty());
+        if let Some(map) = &sparse_map {
+            self.write(map)?;
+        }
+        if data_size == 0 {
+            consumer(entry, &mut io::empty())?;
+            return self.pad(size);
         }
         {
+            let size = data_size;
             let mut tee = Tee {
                 from: (&mut *data).take(size),
                 to: &mut self.out,
@@ -219,6 +248,31 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
         self.copied += n as u64;
         Ok(n)
     }
+}
+
+/// A PAX sparse 1.0 map: the chunk count, then each chunk's offset and
+/// length, one decimal number per line, padded to a block.
+fn sparse_map_block(sparse: &crate::Sparse) -> Vec<u8> {
+    let mut map = format!("{}\n", sparse.chunks.len());
+    for (offset, len) in &sparse.chunks {
+        map.push_str(&format!("{offset}\n{len}\n"));
+    }
+    let mut map = map.into_bytes();
+    map.resize(map.len().div_ceil(BLOCK) * BLOCK, 0);
+    map
+}
+
+/// `DIR/GNUSparseFile.0/NAME`, the name GNU tar gives the header of a
+/// sparse file (a reader without sparse support extracts it there).
+fn sparse_stand_in(name: &[u8]) -> Vec<u8> {
+    let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&name[..=i], &name[i + 1..]),
+        None => (&b""[..], name),
+    };
+    let mut out = dir.to_vec();
+    out.extend_from_slice(b"GNUSparseFile.0/");
+    out.extend_from_slice(base);
+    out
 }
 
 /// The name as a tar spells it: relative, directories with a trailing `/`.
