@@ -88,6 +88,18 @@ fn umoci_rootfs(layout: &Path, bundle: &Path) -> BTreeMap<String, String> {
     manifest_with_links(&bundle.join("rootfs"))
 }
 
+/// The busybox test image, pulled and mounted writable at `rootfs`.
+fn busybox_rw_mount(env: &Env) -> PathBuf {
+    let image = format!("oci:{}:latest", busybox_layout().display());
+    let root = env.path("rootfs");
+    run_ok(
+        env.strata()
+            .args(["pull-and-mount", "--rw", &image])
+            .arg(&root),
+    );
+    root
+}
+
 fn commit_json(env: &Env, dir: &Path, name: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["commit", dir.to_str().unwrap(), name];
     args.extend_from_slice(extra);
@@ -332,13 +344,7 @@ echo long > "$r/tmp/$(printf 'n%.0s' $(seq 1 120))"
 #[test]
 fn privileged_two_commits_of_one_upper_with_source_date_epoch_are_identical() {
     let env = Env::new();
-    let image = format!("oci:{}:latest", busybox_layout().display());
-    let root = env.path("rootfs");
-    run_ok(
-        env.strata()
-            .args(["pull-and-mount", "--rw", &image])
-            .arg(&root),
-    );
+    let root = busybox_rw_mount(&env);
     sh(
         "echo a > \"$1/etc/a\"; rm \"$1/etc/hello.txt\"; mkdir -p \"$1/x/y\"",
         &root,
@@ -371,13 +377,7 @@ fn privileged_two_commits_of_one_upper_with_source_date_epoch_are_identical() {
 #[test]
 fn privileged_hostile_uppers_stay_confined_and_refusals_say_what_they_refuse() {
     let env = Env::new();
-    let image = format!("oci:{}:latest", busybox_layout().display());
-    let root = env.path("rootfs");
-    run_ok(
-        env.strata()
-            .args(["pull-and-mount", "--rw", &image])
-            .arg(&root),
-    );
+    let root = busybox_rw_mount(&env);
     let kept = run_ok(env.strata().args(["umount", "--keep"]).arg(&root));
     let upper = PathBuf::from(String::from_utf8(kept).unwrap().trim());
     // Written into the kept upper directly, as a hostile tool would: a
@@ -473,13 +473,7 @@ fn privileged_hostile_uppers_stay_confined_and_refusals_say_what_they_refuse() {
 #[test]
 fn privileged_kill_9_during_commit_leaves_the_store_clean_and_the_next_commit_succeeds() {
     let env = Env::new();
-    let image = format!("oci:{}:latest", busybox_layout().display());
-    let root = env.path("rootfs");
-    run_ok(
-        env.strata()
-            .args(["pull-and-mount", "--rw", &image])
-            .arg(&root),
-    );
+    let root = busybox_rw_mount(&env);
     // Enough to take a while: 3000 small files and 48 MB of noise.
     sh(
         "mkdir \"$1/many\"; for i in $(seq 1 3000); do echo $i > \"$1/many/$i\"; done; head -c 48000000 /dev/urandom > \"$1/noise\"",
