@@ -518,3 +518,83 @@ fn privileged_kill_9_during_commit_leaves_the_store_clean_and_the_next_commit_su
     run_ok(env.strata().arg("gc"));
     run_ok(env.strata().arg("fsck"));
 }
+
+#[test]
+fn privileged_what_commit_refuses_it_refuses_naming_it_and_leaves_nothing() {
+    let env = Env::new();
+    let root = busybox_rw_mount(&env);
+    let nothing_left = |env: &Env| {
+        run_ok(env.strata().arg("fsck"));
+        assert!(
+            std::fs::read_dir(env.store().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        assert!(
+            std::fs::read_dir(env.store().join("blobs/sha256"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    };
+    // Names and settings are refused before anything is written.
+    for (name, env_value, want) in [
+        (
+            "app@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            None,
+            "digest",
+        ),
+        ("oci:/tmp/somewhere:t", None, "registry-style name"),
+        ("app:1", Some("253402300800"), "SOURCE_DATE_EPOCH"),
+        ("app:1", Some("-5"), "SOURCE_DATE_EPOCH"),
+    ] {
+        let mut cmd = env.strata();
+        cmd.arg("commit").arg(&root).arg(name);
+        if let Some(v) = env_value {
+            cmd.env("SOURCE_DATE_EPOCH", v);
+        }
+        let (code, err) = run_err(&mut cmd);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.contains(want) && !err.contains("panicked"),
+            "{name}: {err}"
+        );
+        nothing_left(&env);
+    }
+    // A file named like a whiteout cannot be in any layer: refused, named.
+    sh("echo s > \"$1/etc/.wh.passwd\"", &root);
+    let (code, err) = run_err(env.strata().arg("commit").arg(&root).arg("wh:1"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("etc/.wh.passwd") && err.contains("rename"),
+        "{err}"
+    );
+    nothing_left(&env);
+    sh("rm \"$1/etc/.wh.passwd\"", &root);
+
+    // `user.overlay.opaque` set in a mount made by root is the user's own
+    // xattr, which the kernel does not obey: the lower content stays.
+    sh(
+        "python3 -c 'import os,sys; os.setxattr(sys.argv[1], \"user.overlay.opaque\", b\"y\")' \"$1/data\"",
+        &root,
+    );
+    assert!(root.join("data/a.txt").exists());
+    commit_json(&env, &root, "xattr:1", &[]);
+    let flat = env.path("flat");
+    run_ok(env.strata().args(["flatten", "xattr:1"]).arg(&flat));
+    assert!(
+        flat.join("data/a.txt").is_file(),
+        "the lower data/a.txt was hidden"
+    );
+
+    // The image under a kept upper cannot lose its last name.
+    let kept = run_ok(env.strata().args(["umount", "--keep"]).arg(&root));
+    let upper = String::from_utf8(kept).unwrap().trim().to_owned();
+    let base = format!("oci:{}:latest", busybox_layout().display());
+    let (code, err) = run_err(env.strata().args(["rm", &base]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&upper), "{err}");
+    run_ok(env.strata().arg("gc"));
+    commit_json(&env, Path::new(&upper), "from-kept:1", &[]);
+}

@@ -215,28 +215,37 @@ fn is_docker(manifest: &Value) -> bool {
     manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
 }
 
-/// The base's manifest with the new config and the layer appended.
+/// The media type of a new layer on `base` (a manifest), in its family.
 ///
 /// # Errors
-/// A manifest without `layers`, or a zstd layer on a Docker schema 2 base
-/// (that format has no zstd layer type).
-pub fn new_manifest(
-    base: &str,
-    config_digest: &str,
-    config_size: u64,
-    layer: &NewLayer,
-) -> Result<Vec<u8>> {
-    let mut manifest: Value =
+/// A manifest that does not parse, or zstd on a Docker schema 2 base (that
+/// format has no zstd layer type).
+pub fn layer_media_type(base: &str, compression: Compression) -> Result<&'static str> {
+    let manifest: Value =
         serde_json::from_str(base).context("parsing the base image's manifest")?;
-    let docker = is_docker(&manifest);
-    let media_type = match (docker, layer.compression) {
+    Ok(match (is_docker(&manifest), compression) {
         (true, Compression::Gzip) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
         (true, Compression::None) => "application/vnd.docker.image.rootfs.diff.tar",
         (true, Compression::Zstd) => bail!(
             "the base is a Docker schema 2 image, which has no zstd layers: commit with --compression gzip, or start from an OCI image"
         ),
         (false, compression) => compression.oci_media_type(),
-    };
+    })
+}
+
+/// The base's manifest with the new config and the layer appended.
+///
+/// # Errors
+/// A manifest without `layers`, or a layer type its family lacks.
+pub fn new_manifest(
+    base: &str,
+    config_digest: &str,
+    config_size: u64,
+    layer: &NewLayer,
+) -> Result<Vec<u8>> {
+    let media_type = layer_media_type(base, layer.compression)?;
+    let mut manifest: Value =
+        serde_json::from_str(base).context("parsing the base image's manifest")?;
     let root = manifest
         .as_object_mut()
         .context("the base image's manifest is not a JSON object")?;

@@ -897,6 +897,9 @@ pub(crate) fn overlay_xattr_policy(
     opts: &Options,
     escape_supported: bool,
 ) -> XattrPolicy {
+    // Either namespace: a layer directory made for one kind of mount must
+    // not steer the other kind (a rootless `userxattr` mount obeys
+    // `user.overlay.*`).
     let is_overlay = key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.");
     if !is_overlay {
         return XattrPolicy::Keep;

@@ -334,6 +334,9 @@ impl<R: Read> EntrySource for TarSource<R> {
 /// literally named `.wh.x` (from a tar entry `.wh.x/file`) is a directory.
 pub struct DirSource {
     root: PathBuf,
+    /// The namespace whose `overlay.*` xattrs are the overlay's; the other
+    /// namespace's are the layer's own data.
+    overlay_xattr: crate::OverlayXattr,
     zero_devices: HashMap<PathBuf, crate::ZeroDevice>,
     lower_links: HashMap<PathBuf, PathBuf>,
 }
@@ -344,9 +347,19 @@ impl DirSource {
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_owned(),
+            overlay_xattr: crate::OverlayXattr::Trusted,
             zero_devices: HashMap::new(),
             lower_links: HashMap::new(),
         }
+    }
+
+    /// Reads a directory an overlay uses with this xattr namespace (a
+    /// rootless `userxattr` mount's: `user.overlay.*`); by default
+    /// `trusted.overlay.*`, a mount made by root.
+    #[must_use]
+    pub fn with_overlay_xattr(mut self, namespace: crate::OverlayXattr) -> Self {
+        self.overlay_xattr = namespace;
+        self
     }
 
     /// Reads the directory with what extraction noted beside it
@@ -367,14 +380,23 @@ impl DirSource {
 /// kernel's form, ≥ 6.7, of a `P.overlay.X` set in the merged view) is
 /// `P.overlay.X` again, and a redirect or metacopy is refused: the file's
 /// data or its directory's content are then elsewhere, and no tar can say so.
-fn layer_xattrs(raw: Vec<(String, Vec<u8>)>, path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+fn layer_xattrs(
+    raw: Vec<(String, Vec<u8>)>,
+    path: &Path,
+    namespace: crate::OverlayXattr,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let prefix = namespace.prefix();
     let mut out = Vec::with_capacity(raw.len());
     for (key, value) in raw {
-        let Some((prefix, rest)) = ["trusted.overlay.", "user.overlay."]
-            .into_iter()
-            .find_map(|p| key.strip_prefix(p).map(|rest| (p, rest)))
-        else {
-            out.push((key, value));
+        let Some(rest) = key.strip_prefix(prefix) else {
+            if key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.") {
+                // The other namespace: data to this overlay, but extraction
+                // drops it from every layer (a mount of the other kind would
+                // obey it), so no layer can carry it.
+                tracing::warn!(path = %path.display(), xattr = %key, "dropping an overlay xattr of the other namespace: no layer can carry it");
+            } else {
+                out.push((key, value));
+            }
             continue;
         };
         if let Some(escaped) = rest.strip_prefix("overlay.") {
@@ -384,8 +406,9 @@ fn layer_xattrs(raw: Vec<(String, Vec<u8>)>, path: &Path) -> Result<Vec<(String,
                 path.to_string_lossy(),
                 format!(
                     "it carries {key}: an overlay mounted with redirect_dir or metacopy \
-                     made it, and its content lives in a lower layer, which no layer tar \
-                     can say (strata mounts with redirect_dir=off,metacopy=off)"
+                     made it (or it was written into the directory by hand), and its \
+                     content then lives in a lower layer, which no layer tar can say \
+                     (strata mounts with redirect_dir=off,metacopy=off)"
                 ),
             ));
         }
@@ -548,8 +571,8 @@ impl DirSource {
             FileType::Directory => {
                 let fd = sys::open_nofollow(dir, name, true).map_err(io("opening", &path))?;
                 let raw = sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?;
-                let opaque = is_opaque(&raw);
-                let xattrs = layer_xattrs(raw, &path)?;
+                let opaque = is_opaque(&raw, self.overlay_xattr);
+                let xattrs = layer_xattrs(raw, &path, self.overlay_xattr)?;
                 f(&stat_entry(bytes.clone(), &st, Kind::Dir, xattrs), no_data)?;
                 if opaque {
                     emit_opaque(&path, &st, f)?;
@@ -591,6 +614,7 @@ impl DirSource {
                 let xattrs = layer_xattrs(
                     sys::xattrs(&fd).map_err(io("reading xattrs of", &path))?,
                     &path,
+                    self.overlay_xattr,
                 )?;
                 let chunks = sys::data_chunks(&fd, &st).map_err(io("reading", &path))?;
                 let mut entry = stat_entry(bytes, &st, Kind::File, xattrs);
@@ -664,10 +688,9 @@ fn emit_opaque(
     )
 }
 
-fn is_opaque(xattrs: &[(String, Vec<u8>)]) -> bool {
-    xattrs
-        .iter()
-        .any(|(k, v)| (k == "trusted.overlay.opaque" || k == "user.overlay.opaque") && v == b"y")
+fn is_opaque(xattrs: &[(String, Vec<u8>)], namespace: crate::OverlayXattr) -> bool {
+    let name = format!("{}opaque", namespace.prefix());
+    xattrs.iter().any(|(k, v)| *k == name && v == b"y")
 }
 
 impl EntrySource for DirSource {
@@ -679,8 +702,8 @@ impl EntrySource for DirSource {
         .map_err(|e| Error::io("opening", &self.root, e))?;
         let st = rustix::fs::fstat(&root).map_err(|e| Error::io("reading", &self.root, e))?;
         let raw = sys::xattrs(&root).map_err(|e| Error::io("reading xattrs of", &self.root, e))?;
-        let opaque = is_opaque(&raw);
-        let xattrs = layer_xattrs(raw, Path::new("/"))?;
+        let opaque = is_opaque(&raw, self.overlay_xattr);
+        let xattrs = layer_xattrs(raw, Path::new("/"), self.overlay_xattr)?;
         f(
             &stat_entry(b"./".to_vec(), &st, Kind::Dir, xattrs),
             &mut std::io::empty(),
@@ -713,23 +736,25 @@ mod tests {
                 "trusted.overlay.nlink",
                 "trusted.overlay.overlay.mine",
                 "user.overlay.overlay.theirs",
+                "user.overlay.opaque",
                 "security.capability",
             ]),
             Path::new("d"),
+            crate::OverlayXattr::Trusted,
         )
         .unwrap();
         let names: Vec<&str> = kept.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "user.k",
-                "trusted.overlay.mine",
-                "user.overlay.theirs",
-                "security.capability"
-            ]
+            ["user.k", "trusted.overlay.mine", "security.capability"]
         );
-        for refused in ["trusted.overlay.redirect", "user.overlay.metacopy"] {
-            let err = layer_xattrs(raw(&[refused]), Path::new("usr/lib"))
+        // On a mount made by root, `user.overlay.*` is the user's own
+        // xattr; on a `userxattr` mount it is the overlay's.
+        for (refused, namespace) in [
+            ("trusted.overlay.redirect", crate::OverlayXattr::Trusted),
+            ("user.overlay.metacopy", crate::OverlayXattr::User),
+        ] {
+            let err = layer_xattrs(raw(&[refused]), Path::new("usr/lib"), namespace)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("usr/lib") && err.contains(refused), "{err}");

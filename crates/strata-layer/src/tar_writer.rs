@@ -50,6 +50,9 @@ impl<W: Write> TarWriter<W> {
         consumer: &mut dyn FnMut(&Entry, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         let real_name = tar_name(entry);
+        if !matches!(entry.kind, Kind::Whiteout | Kind::Opaque) {
+            refuse_whiteout_name(entry, &real_name)?;
+        }
         // A sparse file is a PAX sparse 1.0 entry (GNU tar's
         // `--sparse --format=posix`): a stand-in name, the real one in
         // `GNU.sparse.name`, and the data led by the chunk map.
@@ -250,6 +253,22 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     }
 }
 
+/// A file whose name starts with `.wh.` cannot be in a layer: every reader
+/// (strata's, umoci's, containerd's, Docker's) takes it for a whiteout or
+/// an opaque marker and deletes instead of writing it.
+fn refuse_whiteout_name(entry: &Entry, name: &[u8]) -> Result<()> {
+    let name = name.strip_suffix(b"/").unwrap_or(name);
+    let base = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+    if base.starts_with(crate::names::WHITEOUT_PREFIX.as_bytes()) {
+        return Err(Error::entry(
+            entry.label(),
+            "a name starting with .wh. means a deletion in any layer tar (OCI image-spec), \
+             so no layer can hold this file: rename it",
+        ));
+    }
+    Ok(())
+}
+
 /// A PAX sparse 1.0 map: the chunk count, then each chunk's offset and
 /// length, one decimal number per line, padded to a block.
 fn sparse_map_block(sparse: &crate::Sparse) -> Vec<u8> {
@@ -444,6 +463,23 @@ mod tests {
         e.size = 9;
         let err = tar.append(&e, &mut &b"abc"[..]).unwrap_err().to_string();
         assert!(err.contains("3 now"), "{err}");
+    }
+
+    #[test]
+    fn a_file_named_like_a_whiteout_is_refused_naming_it() {
+        for name in ["etc/.wh.passwd", "opt/.wh..wh..opq", ".wh.d"] {
+            let mut tar = TarWriter::new(Vec::new());
+            let err = tar
+                .append(&entry(name, Kind::File), &mut io::empty())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(".wh."), "{err}");
+        }
+        let mut tar = TarWriter::new(Vec::new());
+        tar.append(&entry("etc/.wh.passwd", Kind::Whiteout), &mut io::empty())
+            .unwrap();
+        tar.append(&entry("etc/x.wh.y", Kind::File), &mut io::empty())
+            .unwrap();
     }
 
     #[test]

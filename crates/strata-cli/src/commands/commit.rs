@@ -23,7 +23,7 @@ use strata_registry::ImageRef;
 use strata_stack::{ImageLayer, ImageRecord, LayerRecord, MountRecord, Store, chain_ids};
 
 use crate::context::Context;
-use crate::image_edit::{Change, History, NewLayer, new_config, new_manifest};
+use crate::image_edit::{Change, History, NewLayer, layer_media_type, new_config, new_manifest};
 use crate::output::Output;
 use crate::pull::{human_bytes, store_name};
 
@@ -95,6 +95,10 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             "committing reads the upper's trusted.overlay.* xattrs, which needs root; run it as root"
         );
     }
+    // Everything that can be refused is refused before the layer is written.
+    let name = new_name(&args.name)?;
+    let epoch = source_date_epoch()?;
+    let compression = Compression::from(args.compression);
     let store = ctx.store()?;
     let mount = find_mount(&store, &args.dir)?;
     let upper = store.mount_dir(&mount.id).join("upper");
@@ -120,9 +124,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             mount.digest
         );
     }
-    let epoch = source_date_epoch()?;
-    let compression = Compression::from(args.compression);
-    let name = store_name(&args.name);
+    let layer_media_type = layer_media_type(&base.manifest, compression)?;
 
     // One pass: blob, digests and the layer directory.
     let tmp_layer = store.begin_new_layer()?;
@@ -167,7 +169,6 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         .context("recording the new layer's tree digest")?;
 
     // Into the store: blob, layer, then the image and its name.
-    let media_type = compression.oci_media_type().to_owned();
     tmp_blob.commit(&blob.digest)?;
     let lock = store.lock_layer(&chain)?;
     if store.has_layer(&chain) {
@@ -177,7 +178,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             chain_id: chain.clone(),
             diff_id: blob.diff_id.clone(),
             digest: blob.digest.clone(),
-            media_type: media_type.clone(),
+            media_type: layer_media_type.to_owned(),
             size: blob.size,
             tar_bytes: blob.tar_bytes,
             entries: blob.entries,
@@ -212,12 +213,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         digest: blob.digest.clone(),
         diff_id: blob.diff_id.clone(),
         chain_id: chain,
-        media_type: serde_json::from_slice::<serde_json::Value>(&manifest)?["layers"]
-            .as_array()
-            .and_then(|l| l.last())
-            .and_then(|l| l["mediaType"].as_str())
-            .unwrap_or(&media_type)
-            .to_owned(),
+        media_type: layer_media_type.to_owned(),
         size: blob.size,
     });
     let record = ImageRecord {
@@ -296,20 +292,43 @@ fn find_mount(store: &Store, dir: &Path) -> Result<MountRecord> {
     }
 }
 
+/// The store name NAME gives: a registry-style name with a tag. A digest
+/// names content that exists, not a new image; `oci:` and the archives are
+/// places to write to, which commit does not.
+fn new_name(name: &ImageRef) -> Result<String> {
+    match name {
+        ImageRef::Registry(r) if r.digest.is_none() => Ok(store_name(name)),
+        ImageRef::Registry(_) => bail!(
+            "{name}: a digest names an image that exists; name the new one with a tag (e.g. registry.example/team/app:2)"
+        ),
+        _ => bail!(
+            "{name}: commit names the new image in the store; give a registry-style name (e.g. registry.example/team/app:2), not an oci: or archive destination"
+        ),
+    }
+}
+
+/// The latest `SOURCE_DATE_EPOCH` an RFC 3339 time can show (9999-12-31).
+const MAX_EPOCH: i64 = 253_402_300_799;
+
 /// `SOURCE_DATE_EPOCH`, when set (reproducible builds' convention).
 fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if v.is_empty() => Ok(None),
-        Ok(v) => v.trim().parse::<i64>().map(Some).with_context(|| {
-            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")
-        }),
-        Err(_) => Ok(None),
+    let Ok(value) = std::env::var("SOURCE_DATE_EPOCH") else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.trim().parse::<i64>() {
+        Ok(secs) if (0..=MAX_EPOCH).contains(&secs) => Ok(Some(secs)),
+        _ => bail!(
+            "SOURCE_DATE_EPOCH={value:?} is not a number of seconds from 0 (1970) to {MAX_EPOCH} (9999-12-31)"
+        ),
     }
 }
 
 fn rfc3339(epoch: Option<i64>) -> String {
     let at = match epoch {
-        Some(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs()),
+        Some(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs()),
         None => SystemTime::now(),
     };
     humantime::format_rfc3339_seconds(at).to_string()

@@ -50,6 +50,37 @@ pub fn run_images(ctx: &Context, out: &mut Output) -> Result<()> {
 pub fn run_rm(args: &RmArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     let store = ctx.store()?;
     let name = store_name(&args.image);
+    // The image's last name goes with its record: a mount, or an upper
+    // `umount --keep` kept, would be left without the image `strata commit`
+    // builds on (and a committed image's only blob would go at the next gc).
+    if let Ok(record) = store.find_image(&name) {
+        let other_names = store
+            .refs()?
+            .iter()
+            .filter(|(n, d)| **d == record.digest && **n != name)
+            .count();
+        let users: Vec<String> = store
+            .mounts()?
+            .into_iter()
+            .filter(|m| m.digest == record.digest)
+            .map(|m| {
+                if m.kept {
+                    format!(
+                        "the upper kept at {}",
+                        store.mount_dir(&m.id).join("upper").display()
+                    )
+                } else {
+                    format!("the mount at {}", m.mountpoint.display())
+                }
+            })
+            .collect();
+        if other_names == 0 && !users.is_empty() {
+            anyhow::bail!(
+                "{name} is in use by {}: unmount it (or commit the changes, then unmount) first",
+                users.join(", ")
+            );
+        }
+    }
     let record = store
         .remove_image(&name)
         .with_context(|| format!("removing {name}"))?;
