@@ -8,7 +8,8 @@ import sys
 
 results, images = sys.argv[1], sys.argv[2].split()
 contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit",
-              "strata-commit", "tar-gzip", "tar-pigz", "buildah-commit", "strata-commit-one-file"]
+              "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
+              "strata-commit-one-file"]
 images = images + ["commit"]
 
 
@@ -37,6 +38,7 @@ pairs = [
     ("strata-commit", "tar-gzip", 0.50),
     ("strata-commit", "tar-pigz", 1.00),
     ("strata-commit", "buildah-commit", 0.50),
+    ("strata-commit", "buildah-commit-oci", 0.50),
 ]
 print("| image | ratio | measured | target | met |")
 print("|---|---|---:|---:|---|")

@@ -96,7 +96,12 @@ pub fn write_blob<W: Write + Send + 'static>(
     )?;
     let mut tar = TarWriter::new(HashingWriter::new(encoder, &tar_hash));
     let mut counts = Blob::default();
-    let extract_options = Options::default();
+    // Hashes taken while writing: the tree digest the store records then
+    // costs a metadata walk, not a second read of every byte.
+    let extract_options = Options {
+        content_hashes: true,
+        ..Options::default()
+    };
     let mut teed = Teed {
         inner: source,
         tar: &mut tar,

@@ -758,8 +758,9 @@ impl TmpBlob {
         &self.path
     }
 
-    /// Flushes the blob to disk and moves it to [`Store::blob_path`]
-    /// `(digest)`, which the caller computed while writing it.
+    /// Moves the blob to [`Store::blob_path`]`(digest)`, which the caller
+    /// computed while writing it. Not synced, as no layer of the store is:
+    /// a killed process loses nothing the kernel has, and a rename is whole.
     ///
     /// # Errors
     /// When the blob cannot be synced or moved.
@@ -772,9 +773,6 @@ impl TmpBlob {
                 std::io::Error::other(format!("{digest} is not a sha256 digest")),
             ));
         }
-        File::open(&self.path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("syncing", &self.path, e))?;
         let dest = self.blobs.join(hex);
         std::fs::rename(&self.path, &dest)
             .map_err(|e| Error::io("moving the blob into the store", &dest, e))?;
