@@ -126,6 +126,17 @@ fn pax_nanoseconds(value: &[u8]) -> u32 {
     nsec
 }
 
+/// A PAX time as (seconds, nanoseconds) with the nanoseconds counted
+/// forward: `-1.5` is 1.5 s before 1970, (-2, 500 000 000).
+fn pax_time(value: &[u8]) -> Option<(i64, u32)> {
+    let secs = pax_number(value)?;
+    let nsec = pax_nanoseconds(value);
+    if value.starts_with(b"-") && nsec > 0 {
+        return Some((secs.checked_sub(1)?, 1_000_000_000 - nsec));
+    }
+    Some((secs, nsec))
+}
+
 fn pax_number(value: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(value).ok()?;
     let whole = text.split('.').next()?;
@@ -289,8 +300,8 @@ impl<R: Read> EntrySource for TarSource<R> {
                     } else if key == b"gid" {
                         entry.gid = owner_id(pax_number(ext.value_bytes()), "PAX gid", &label)?;
                     } else if key == b"mtime" {
-                        entry.mtime = pax_number(ext.value_bytes()).unwrap_or(entry.mtime);
-                        entry.mtime_nsec = pax_nanoseconds(ext.value_bytes());
+                        (entry.mtime, entry.mtime_nsec) =
+                            pax_time(ext.value_bytes()).unwrap_or((entry.mtime, 0));
                     } else {
                         sparse.take(key, ext.value_bytes());
                     }
@@ -766,5 +777,9 @@ mod tests {
         assert_eq!(pax_nanoseconds(b"1700000000"), 0);
         assert_eq!(pax_nanoseconds(b"1700000000.5"), 500_000_000);
         assert_eq!(pax_nanoseconds(b"1700000000.123456789123"), 123_456_789);
+        assert_eq!(pax_time(b"-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(pax_time(b"-0.25"), Some((-1, 750_000_000)));
+        assert_eq!(pax_time(b"-3"), Some((-3, 0)));
+        assert_eq!(pax_time(b"12.000000001"), Some((12, 1)));
     }
 }

@@ -488,5 +488,14 @@ mod tests {
         assert_eq!(pax_time(5, 1), "5.000000001");
         assert_eq!(pax_time(-2, 500_000_000), "-1.500000000");
         assert_eq!(pax_time(-1, 750_000_000), "-0.250000000");
+        // And back through the reader.
+        for (secs, nsec) in [(-2, 500_000_000), (-1, 750_000_000), (-7, 0), (9, 1)] {
+            let mut e = entry("t", Kind::Dir);
+            (e.mtime, e.mtime_nsec) = (secs, nsec);
+            let mut tar = TarWriter::new(Vec::new());
+            tar.append(&e, &mut io::empty()).unwrap();
+            let back = read_back(&tar.finish().unwrap());
+            assert_eq!((back[0].0.mtime, back[0].0.mtime_nsec), (secs, nsec));
+        }
     }
 }

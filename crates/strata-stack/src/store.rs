@@ -633,8 +633,10 @@ impl Store {
         }
     }
 
-    /// Removes every layer that no stored image and no mount record uses.
-    /// Waits until no other strata process uses the store.
+    /// Removes the records of read-only mounts that are no longer mounted,
+    /// then every layer that no stored image and no mount record uses, and
+    /// every kept blob no image names. Waits until no other strata process
+    /// uses the store.
     ///
     /// # Errors
     /// When the store cannot be locked, read or cleaned.
@@ -661,6 +663,15 @@ impl Store {
     }
 
     fn gc_locked(&self) -> Result<GcReport> {
+        // Records of read-only mounts that are gone (unmounted by hand, or
+        // the machine rebooted). Only here, with the store to ourselves: a
+        // mount in flight has written its record but not yet attached the
+        // mount, and holds the store while it does.
+        for m in self.mounts()? {
+            if !m.writable && !crate::mount::is_mountpoint(&m.mountpoint)? {
+                self.remove_mount(&m.id, false)?;
+            }
+        }
         let mut live: BTreeSet<String> = BTreeSet::new();
         let mut live_blobs: BTreeSet<String> = BTreeSet::new();
         for (image, _) in self.images()? {

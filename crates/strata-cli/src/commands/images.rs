@@ -50,9 +50,10 @@ pub fn run_images(ctx: &Context, out: &mut Output) -> Result<()> {
 pub fn run_rm(args: &RmArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     let store = ctx.store()?;
     let name = store_name(&args.image);
-    // The image's last name goes with its record: a mount, or an upper
-    // `umount --keep` kept, would be left without the image `strata commit`
-    // builds on (and a committed image's only blob would go at the next gc).
+    // The image's last name goes with its record: a writable mount, or an
+    // upper `umount --keep` kept, would be left without the image `strata
+    // commit` builds on (and a committed image's only blob would go at the
+    // next gc). A read-only mount needs only its layers, which gc keeps.
     if let Ok(record) = store.find_image(&name) {
         let other_names = store
             .refs()?
@@ -62,7 +63,7 @@ pub fn run_rm(args: &RmArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         let users: Vec<String> = store
             .mounts()?
             .into_iter()
-            .filter(|m| m.digest == record.digest)
+            .filter(|m| m.digest == record.digest && m.writable)
             .map(|m| {
                 if m.kept {
                     format!(
@@ -91,11 +92,6 @@ pub fn run_rm(args: &RmArgs, ctx: &Context, out: &mut Output) -> Result<()> {
 /// nothing uses.
 pub fn run_gc(ctx: &Context, out: &mut Output) -> Result<()> {
     let store = ctx.store()?;
-    for m in store.mounts()? {
-        if !m.writable && !strata_stack::is_mountpoint(&m.mountpoint)? {
-            store.remove_mount(&m.id, false)?;
-        }
-    }
     let report = store.gc()?;
     if ctx.store_args.json {
         return out.json(&serde_json::json!(report));
