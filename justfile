@@ -32,10 +32,12 @@ test-unprivileged:
         chown -R 65534:65534 target/tmp-nobody
         as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp STRATA_TEST_IMAGES="$PWD/target/tmp-nobody/images")
     fi
+    failed=0
     for t in "${tests[@]}"; do
         echo "== $(basename "$t") as $([[ ${#as_user[@]} -gt 0 ]] && echo nobody || id -un)"
-        "${as_user[@]}" "$t" --skip privileged_ --skip internet_
+        "${as_user[@]}" "$t" --skip privileged_ --skip internet_ || failed=1
     done
+    exit $failed
 
 # Formatting, lints, docs, the fuzz targets and tests: what a change must pass (what .ci/run runs)
 check: fmt-check clippy doc fuzz-build test

@@ -927,21 +927,24 @@ mod tests {
         store.remove_image("two:alias").unwrap();
         assert!(store.find_image(&d2).is_err());
 
-        // A mount record keeps its layers alive through gc.
-        store
-            .put_mount(&MountRecord {
-                id: "m".into(),
-                mountpoint: "/x".into(),
-                image: "two".into(),
-                digest: d2.clone(),
-                chain_ids: vec![b.clone()],
-                writable: false,
-                kept: false,
-            })
-            .unwrap();
+        // A writable mount's record keeps its layers alive through gc (a
+        // read-only one's only while it is mounted: "/x" is not).
+        let mut record = MountRecord {
+            id: "m".into(),
+            mountpoint: "/x".into(),
+            image: "two".into(),
+            digest: d2.clone(),
+            chain_ids: vec![b.clone()],
+            writable: true,
+            kept: false,
+        };
+        store.put_mount(&record).unwrap();
         assert!(store.gc().unwrap().removed.is_empty());
-        store.remove_mount("m", false).unwrap();
+        // Read-only and not mounted: gc drops the stale record, then the layer.
+        record.writable = false;
+        store.put_mount(&record).unwrap();
         let report = store.gc().unwrap();
+        assert!(store.mounts().unwrap().is_empty());
         assert_eq!(report.removed, vec![b.clone()]);
         assert_eq!(
             report.freed_bytes,
