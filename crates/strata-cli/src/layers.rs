@@ -23,6 +23,19 @@ pub fn stored_layer_source(store: &strata_stack::Store, chain_id: &str) -> Resul
     Ok(DirSource::new(&store.layer_dir(chain_id)).with_notes(notes))
 }
 
+/// What a layer record keeps of an extraction's [`strata_layer::FormNotes`]
+/// (null when there is nothing), read back by [`stored_layer_source`].
+///
+/// # Errors
+/// Never in practice (the notes serialise).
+pub fn form_notes_value(summary: &strata_layer::Summary) -> Result<serde_json::Value> {
+    let notes = summary.notes();
+    if notes.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::to_value(&notes)?)
+}
+
 /// One layer's descriptor facts.
 pub struct LayerInfo {
     /// Compressed blob digest.

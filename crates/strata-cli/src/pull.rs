@@ -143,10 +143,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             whiteouts: summary.whiteouts,
             opaque_dirs: summary.opaque_dirs,
             tree_digest: Some(tree_digest),
-            form_notes: match summary.notes() {
-                notes if notes.is_empty() => serde_json::Value::Null,
-                notes => serde_json::to_value(&notes)?,
-            },
+            form_notes: crate::layers::form_notes_value(&summary)?,
         })
         .with_context(|| format!("storing layer {i} of {image}"))?;
     }

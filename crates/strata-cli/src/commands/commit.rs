@@ -138,7 +138,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         clamp_mtime: epoch,
         ..BlobOptions::default()
     };
-    let blob = strata_layer::write_blob(
+    let mut blob = strata_layer::write_blob(
         &mut DirSource::new(&upper),
         std::io::BufWriter::with_capacity(1 << 20, file),
         Some(&tmp_layer.diff()),
@@ -151,7 +151,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             upper.display()
         )
     })?;
-    let mut summary = blob.layer.clone().unwrap_or_default();
+    let mut summary = blob.layer.take().unwrap_or_default();
 
     let mut diff_ids: Vec<String> = base.layers.iter().map(|l| l.diff_id.clone()).collect();
     diff_ids.push(blob.diff_id.clone());
@@ -185,10 +185,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             whiteouts: blob.whiteouts,
             opaque_dirs: blob.opaque_dirs,
             tree_digest: Some(tree_digest),
-            form_notes: match summary.notes() {
-                notes if notes.is_empty() => serde_json::Value::Null,
-                notes => serde_json::to_value(&notes)?,
-            },
+            form_notes: crate::layers::form_notes_value(&summary)?,
         })?;
     }
     drop(lock);
