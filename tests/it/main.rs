@@ -21,6 +21,7 @@ mod registry_pull;
 mod rules;
 mod stack;
 mod store_integrity;
+mod transfer;
 
 #[cfg(feature = "internet-tests")]
 mod internet;

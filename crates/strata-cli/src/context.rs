@@ -55,6 +55,25 @@ pub fn stored_image(ctx: &Context, image: &ImageRef) -> Result<Option<ImageRecor
         .filter(|record| record.source_digest.is_none()))
 }
 
+/// The stored image a reference names: by its store name, or by the
+/// digest it pins. `hint` says how to get it when it is not there.
+///
+/// # Errors
+/// When the store does not hold it.
+pub fn find_stored(store: &Store, image: &ImageRef, hint: &str) -> Result<ImageRecord> {
+    let name = crate::pull::store_name(image);
+    store
+        .find_image(&name)
+        .or_else(|e| match image {
+            ImageRef::Registry(r) => match &r.digest {
+                Some(d) => store.find_image(d.as_ref()),
+                None => Err(e),
+            },
+            _ => Err(e),
+        })
+        .with_context(|| format!("{name} is not in the store; {hint}"))
+}
+
 impl Context {
     /// Opens the store.
     pub fn store(&self) -> Result<Store> {

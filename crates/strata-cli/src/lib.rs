@@ -15,6 +15,7 @@ pub mod options;
 pub mod output;
 pub mod progress;
 pub mod pull;
+pub mod transfer;
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
@@ -73,6 +74,10 @@ pub enum Command {
     Mounts,
     /// Turn a writable mount's changes into a new image in the store
     Commit(commands::commit::CommitArgs),
+    /// Push an image from the store to a registry or an OCI layout
+    Push(commands::push::PushArgs),
+    /// Copy an image between registries, layouts and archives, keeping every digest
+    Copy(commands::copy::CopyArgs),
     /// Write an image's merged rootfs into a plain directory
     Flatten(commands::flatten::FlattenArgs),
     /// Write an OCI runtime bundle (rootfs + config.json) for runc or crun
@@ -137,6 +142,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Umount(args) => commands::mount::run_umount(args, &ctx, &mut out),
         Command::Mounts => commands::mount::run_mounts(&ctx, &mut out),
         Command::Commit(args) => commands::commit::run(args, &ctx, &mut out),
+        Command::Push(args) => commands::push::run(args, &ctx, &mut out),
+        Command::Copy(args) => commands::copy::run(args, &ctx, &mut out),
         Command::Flatten(args) => commands::flatten::run(args, &ctx, &mut out),
         Command::Bundle(args) => commands::bundle::run(args, &ctx, &mut out),
         Command::Images => commands::images::run_images(&ctx, &mut out),

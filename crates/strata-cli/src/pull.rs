@@ -149,7 +149,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
     }
     drop(locks);
 
-    let record = image_record(&resolved, &layers, &chains, &platform.to_string());
+    let record = image_record(image, &resolved, &layers, &chains, &platform.to_string());
     store.put_image(&record, std::slice::from_ref(&name))?;
     let elapsed = started.elapsed().as_secs_f64();
     ctx.progress.summary(&format!(
@@ -244,7 +244,32 @@ fn extract_one(
     Ok(Extracted { tmp, summary })
 }
 
+/// The reference to fetch an image's blobs from again later: as pulled,
+/// with a local path made absolute (a later command runs elsewhere).
+fn refetchable(image: &ImageRef) -> String {
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    match image {
+        ImageRef::Registry(_) => image.to_string(),
+        ImageRef::OciDir { path, tag } => ImageRef::OciDir {
+            path: absolute(path),
+            tag: tag.clone(),
+        }
+        .to_string(),
+        ImageRef::OciArchive { path, tag } => ImageRef::OciArchive {
+            path: absolute(path),
+            tag: tag.clone(),
+        }
+        .to_string(),
+        ImageRef::DockerArchive { path, image: which } => ImageRef::DockerArchive {
+            path: absolute(path),
+            image: which.clone(),
+        }
+        .to_string(),
+    }
+}
+
 fn image_record(
+    source: &ImageRef,
     resolved: &ResolvedImage,
     layers: &[Layer],
     chains: &[String],
@@ -260,6 +285,7 @@ fn image_record(
                 .digest
                 .to_string(),
         ),
+        source: Some(refetchable(source)),
         platform: platform.to_owned(),
         manifest: String::from_utf8_lossy(&resolved.manifest.bytes).into_owned(),
         config: String::from_utf8_lossy(&resolved.config_bytes).into_owned(),

@@ -201,6 +201,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A registry refused to store what was sent, for a reason the user's
+    /// operator must address (too large, out of storage).
+    #[error("{registry} refused the write: {detail}")]
+    Refused {
+        /// The registry host.
+        registry: String,
+        /// What was refused and why.
+        detail: String,
+        /// The registry's answer.
+        #[source]
+        cause: Box<Error>,
+    },
+
     /// A local image layout or archive is not shaped as its format requires.
     #[error("{} is not a valid {format}: {detail}", path.display())]
     InvalidLayout {

@@ -7,6 +7,12 @@
 //! OCI layouts and `docker save` archives, and hands every blob out as a
 //! [`std::io::Read`] whose size and sha256 are checked as it is read.
 //!
+//! It writes images too: [`ImageDestination`] puts blobs and manifests into
+//! a registry (skipping what it has, mounting what another repository of it
+//! has, resuming broken uploads) or an OCI layout, and
+//! [`ImageSource::plan_copy`] lists what a copy moves, in the order that
+//! keeps a tag from ever naming missing blobs.
+//!
 //! It knows nothing of tar, files on disk or mounting: the layer crate
 //! consumes the streams, the stack crate stores the results.
 //!
@@ -23,16 +29,22 @@
 //! ```
 
 mod auth;
+mod copy;
+mod destination;
 mod digest;
 mod error;
 mod local;
 mod manifest;
+mod options;
 mod platform;
 mod reference;
 mod remote;
 mod source;
+mod transport;
 
 pub use auth::{Credentials, auth_files};
+pub use copy::{CopyPlan, PlannedBlob};
+pub use destination::{BlobOpener, BlobOutcome, ImageDestination};
 pub use digest::{
     StreamHasher, VerifiedReader, check_digest, integrity_error, parse_digest, sha256_of,
 };
@@ -43,7 +55,7 @@ pub use manifest::{
 };
 /// The OCI types this crate's API uses, re-exported so callers match versions.
 pub use oci_spec;
+pub use options::{Options, PlainHttp, RetryPolicy};
 pub use platform::Platform;
 pub use reference::{ArchiveImage, DOCKER_HUB, ImageRef, Reference};
-pub use remote::RetryPolicy;
-pub use source::{ImageSource, Layer, Options, PlainHttp, ResolvedImage};
+pub use source::{ImageSource, Layer, ResolvedImage};

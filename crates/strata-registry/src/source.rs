@@ -1,87 +1,19 @@
 //! One API over every place an image can come from.
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifest};
 use tracing::debug;
 
-use crate::auth::Credentials;
 use crate::digest::{VerifiedReader, check_digest};
 use crate::local::{DockerArchive, OciLayout};
 use crate::manifest::{MAX_CONFIG_BYTES, Parsed, RawManifest, check_layers};
+use crate::options::Options;
 use crate::platform::{Platform, choose};
 use crate::reference::ImageRef;
-use crate::remote::{Remote, RetryPolicy};
+use crate::remote::{Access, Remote};
+use crate::transport::Transport;
 use crate::{Error, Result};
-
-/// When to speak plain HTTP to a registry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PlainHttp {
-    /// HTTPS, except for a loopback registry: plain HTTP first, then HTTPS
-    /// when the port speaks TLS (`docker` allows HTTP for loopback too).
-    #[default]
-    Auto,
-    /// Always HTTP (`--plain-http`).
-    Always,
-    /// Never HTTP, not even on loopback.
-    Never,
-}
-
-/// How to reach registries. The defaults are what a user expects.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// `--plain-http`.
-    pub plain_http: PlainHttp,
-    /// `--ca-file`: extra PEM roots to trust.
-    pub ca_files: Vec<PathBuf>,
-    /// `--insecure`: accept any TLS certificate.
-    pub insecure: bool,
-    /// `--creds`; when `None`, [`Options::auth_files`] are searched.
-    pub creds: Option<Credentials>,
-    /// Auth files to search, in order (default: [`crate::auth_files`]).
-    pub auth_files: Vec<PathBuf>,
-    /// Retries and resumes.
-    pub retry: RetryPolicy,
-    /// How long a request may wait for headers, or a body for its next bytes.
-    pub stall_timeout: Duration,
-    /// Fetch foreign (non-distributable) layers from their `urls`.
-    pub foreign_urls: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            plain_http: PlainHttp::Auto,
-            ca_files: Vec::new(),
-            insecure: false,
-            creds: None,
-            auth_files: crate::auth::auth_files(),
-            retry: RetryPolicy::default(),
-            stall_timeout: Duration::from_secs(60),
-            foreign_urls: false,
-        }
-    }
-}
-
-/// What each kind of source provides; the verification and platform logic
-/// on top is shared in [`ImageSource`].
-pub(crate) trait Transport: Send + Sync {
-    /// The reference, for messages.
-    fn describe(&self) -> String;
-    /// The manifest or index the reference names.
-    fn top(&self) -> Result<RawManifest>;
-    /// A manifest an index points to (bytes verified against the descriptor).
-    fn manifest(&self, descriptor: &Descriptor) -> Result<RawManifest>;
-    /// A blob's bytes, not yet verified.
-    fn blob(&self, descriptor: &Descriptor) -> Result<Box<dyn Read + Send>>;
-    /// The digest of what the reference names, if it can be had cheaply
-    /// (a registry's `HEAD`); `None` otherwise.
-    fn top_digest(&self) -> Result<Option<Digest>> {
-        Ok(None)
-    }
-}
 
 /// An opened image source: a registry repository, an OCI layout (directory or
 /// tar) or a `docker save` archive. Safe to share across threads, so that
@@ -160,7 +92,7 @@ impl ImageSource {
     /// or malformed file.
     pub fn open(reference: &ImageRef, options: &Options) -> Result<Self> {
         let transport: Box<dyn Transport> = match reference {
-            ImageRef::Registry(r) => Box::new(Remote::open(r.clone(), options)?),
+            ImageRef::Registry(r) => Box::new(Remote::open(r.clone(), options, Access::Pull)?),
             ImageRef::OciDir { path, tag } => Box::new(OciLayout::open_dir(path, tag.clone())?),
             ImageRef::OciArchive { path, tag } => {
                 Box::new(OciLayout::open_archive(path, tag.clone())?)
@@ -265,6 +197,15 @@ impl ImageSource {
         })
     }
 
+    /// A manifest an index names, verified against its descriptor.
+    ///
+    /// # Errors
+    /// Network, auth, not found, digest mismatch.
+    pub fn child_manifest(&self, descriptor: &Descriptor) -> Result<RawManifest> {
+        check_digest(descriptor.digest())?;
+        self.transport.manifest(descriptor)
+    }
+
     /// A blob as a stream whose size and digest are verified as it is read
     /// (see [`VerifiedReader`]). `what` names it in errors ("layer 3").
     ///
@@ -287,7 +228,7 @@ impl ImageSource {
 }
 
 /// Turns an `io::Error` carrying one of this crate's errors back into it.
-fn integrity_from_io(e: std::io::Error) -> Error {
+pub(crate) fn integrity_from_io(e: std::io::Error) -> Error {
     match e.into_inner().map(|b| b.downcast::<Error>()) {
         Some(Ok(inner)) => *inner,
         Some(Err(other)) => Error::io("<stream>", std::io::Error::other(other)),

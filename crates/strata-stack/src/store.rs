@@ -84,6 +84,12 @@ pub struct ImageRecord {
     /// against the registry's `HEAD` and fetches nothing.
     #[serde(default)]
     pub source_digest: Option<String>,
+    /// Where the image's blobs can be fetched again (the reference it was
+    /// pulled from, local paths made absolute): `strata push` streams the
+    /// layers the store keeps no blob of from here. A committed image
+    /// carries its base's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The platform it was resolved for (`os/arch[/variant]`).
     pub platform: String,
     /// The manifest, as the source held it.
@@ -827,6 +833,7 @@ mod tests {
         ImageRecord {
             digest: digest.into(),
             source_digest: None,
+            source: None,
             platform: "linux/amd64".into(),
             manifest: "{}".into(),
             config: "{}".into(),

@@ -29,6 +29,20 @@ impl Request {
         self.target.split('?').next().unwrap_or(&self.target)
     }
 
+    /// Every value of a repeated query parameter, in order.
+    pub fn query_all(&self, key: &str) -> Vec<String> {
+        let Some((_, query)) = self.target.split_once('?') else {
+            return Vec::new();
+        };
+        query
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == key).then(|| percent_decode(v))
+            })
+            .collect()
+    }
+
     pub fn query(&self, key: &str) -> Option<String> {
         let query = self.target.split_once('?')?.1;
         query.split('&').find_map(|pair| {
@@ -139,6 +153,17 @@ fn serve(mut stream: TcpStream, handler: &Handler) {
         target,
         headers,
     };
+    // The body is read (and dropped) first, so that an answer to an upload
+    // reaches a client still sending it.
+    if let Some(len) = request
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let _ = std::io::copy(
+            &mut std::io::Read::take(&mut reader, len),
+            &mut std::io::sink(),
+        );
+    }
     handler(&request, &mut stream);
 }
 

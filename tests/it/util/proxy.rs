@@ -20,6 +20,9 @@ pub enum Fault {
     Throttle(usize),
     /// Answer the first request with a 503 and close.
     Unavailable,
+    /// Close both directions after this many bytes from strata (an
+    /// upload broken off mid-body).
+    ResetUploadAfter(usize),
 }
 
 pub struct Proxy {
@@ -82,7 +85,21 @@ fn relay(mut client: TcpStream, upstream: &str, fault: Fault) {
     let (mut client_read, mut server_write) =
         (client.try_clone().unwrap(), server.try_clone().unwrap());
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_read, &mut server_write);
+        match fault {
+            Fault::ResetUploadAfter(limit) => {
+                let mut taken = (&mut client_read).take(limit as u64);
+                let _ = std::io::copy(&mut taken, &mut server_write);
+                if taken.limit() == 0 {
+                    // The limit was reached: break the connection both ways.
+                    let _ = client_read.shutdown(Shutdown::Both);
+                    let _ = server_write.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            _ => {
+                let _ = std::io::copy(&mut client_read, &mut server_write);
+            }
+        }
         let _ = server_write.shutdown(Shutdown::Write);
     });
     let mut sent = 0usize;

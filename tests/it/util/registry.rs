@@ -82,7 +82,7 @@ impl Registry {
             )
         });
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -130,6 +130,29 @@ impl Registry {
         let err = std::fs::read_to_string(self.dir.path().join("registry.err")).unwrap_or_default();
         let out = std::fs::read_to_string(&self.log).unwrap_or_default();
         format!("{out}{err}")
+    }
+
+    /// The blob files the registry holds (layers, configs and manifests
+    /// alike: the distribution registry stores manifests as blobs too).
+    pub fn blob_count(&self) -> usize {
+        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
+        let Ok(prefixes) = std::fs::read_dir(&root) else {
+            return 0;
+        };
+        prefixes
+            .flat_map(|p| std::fs::read_dir(p.unwrap().path()).unwrap())
+            .filter(|b| b.as_ref().unwrap().path().join("data").is_file())
+            .count()
+    }
+
+    /// The access log's request lines that contain `needle`.
+    pub fn requests_with(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `127.0.0.1:PORT/NAME`

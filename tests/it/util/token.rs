@@ -69,7 +69,7 @@ pub fn start(dir: &Path, users: &[(&str, &str)], anonymous_pull: bool) -> TokenS
             return;
         }
         let access: Vec<serde_json::Value> = req
-            .query("scope")
+            .query_all("scope")
             .into_iter()
             .filter_map(|scope| {
                 let mut parts = scope.splitn(3, ':');

@@ -216,6 +216,7 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     let record = ImageRecord {
         digest: digest.clone(),
         source_digest: None,
+        source: base.source.clone(),
         platform: base.platform.clone(),
         manifest: String::from_utf8(manifest).expect("JSON is UTF-8"),
         config: String::from_utf8(config).expect("JSON is UTF-8"),

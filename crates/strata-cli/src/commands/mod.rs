@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod commit;
 pub mod config;
+pub mod copy;
 pub mod diff;
 pub mod flatten;
 pub mod format;
@@ -13,5 +14,6 @@ pub mod ls;
 pub mod manifest;
 pub mod mount;
 pub mod pull;
+pub mod push;
 pub mod waste;
 pub mod which;

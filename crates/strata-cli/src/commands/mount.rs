@@ -76,21 +76,11 @@ fn mount_id(mountpoint: &Path) -> String {
 }
 
 fn find_image(store: &Store, image: &ImageRef) -> Result<ImageRecord> {
-    let name = store_name(image);
-    store
-        .find_image(&name)
-        .or_else(|_| match image {
-            ImageRef::Registry(r) => match &r.digest {
-                Some(d) => store.find_image(d.as_ref()),
-                None => store.find_image(&name),
-            },
-            _ => store.find_image(&name),
-        })
-        .with_context(|| {
-            format!(
-                "{name} is not in the store; `strata pull-and-mount` pulls and mounts in one go"
-            )
-        })
+    crate::context::find_stored(
+        store,
+        image,
+        "`strata pull-and-mount` pulls and mounts in one go",
+    )
 }
 
 /// Mounting needs root; say so before anything is downloaded.

@@ -17,7 +17,7 @@ use crate::manifest::{
     DOCKER_CONFIG, DOCKER_MANIFEST, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, RawManifest,
 };
 use crate::reference::{ArchiveImage, Reference};
-use crate::source::Transport;
+use crate::transport::Transport;
 use crate::{Error, Result};
 
 const FORMAT: &str = "docker-archive";

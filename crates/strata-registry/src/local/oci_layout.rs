@@ -8,7 +8,7 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use super::archive::TarIndex;
 use crate::digest::{check_digest, verify_bytes};
 use crate::manifest::{MAX_MANIFEST_BYTES, OCI_INDEX, RawManifest};
-use crate::source::Transport;
+use crate::transport::Transport;
 use crate::{Error, Result};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
