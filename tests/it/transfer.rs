@@ -520,3 +520,56 @@ fn a_push_killed_at_any_moment_never_leaves_a_tag_without_its_blobs() {
         );
     }
 }
+
+#[test]
+fn a_pull_with_keep_blobs_pushes_without_its_source_and_without_them_the_error_says_both_ways_out()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::plain();
+    for keep in [true, false] {
+        let store = tmp.path().join(format!("store-{keep}"));
+        let layout = tmp.path().join(format!("layout-{keep}"));
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(busybox_layout())
+                .arg(&layout),
+        );
+        let image = format!("oci:{}:latest", layout.display());
+        let mut pull = strata();
+        pull.arg("--store").arg(&store).arg("pull");
+        if keep {
+            pull.arg("--keep-blobs");
+        }
+        run_ok(pull.arg(&image));
+        let manifest = run_ok(
+            strata()
+                .arg("--store")
+                .arg(&store)
+                .args(["manifest", &image]),
+        );
+        std::fs::remove_dir_all(&layout).unwrap();
+        let destination = registry.reference(&format!("kept-{keep}:1"));
+        let mut push = strata();
+        push.arg("--store")
+            .arg(&store)
+            .args(["push", &image, &destination]);
+        if keep {
+            run_ok(&mut push);
+            assert_eq!(skopeo_raw(&format!("docker://{destination}")), manifest);
+        } else {
+            let (code, err) = run_err(&mut push);
+            assert_ne!(code, 0);
+            assert!(
+                err.contains("layer 1") && err.contains(&layout.display().to_string()),
+                "{err}"
+            );
+            let inspect = Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{destination}"))
+                .output()
+                .unwrap();
+            assert!(!inspect.status.success(), "a failed push left a tag");
+        }
+    }
+}

@@ -28,6 +28,10 @@ pub struct StoreArgs {
     /// No progress bars (plain lines instead)
     #[arg(long, global = true)]
     pub no_progress: bool,
+
+    /// Keep each pulled layer's compressed blob in the store too, so that `strata push` needs no source
+    #[arg(long, env = "STRATA_KEEP_BLOBS", global = true)]
+    pub keep_blobs: bool,
 }
 
 /// The resolved global options.

@@ -2,6 +2,7 @@
 //! and extracts at once (bounded by `--jobs`), each in one streaming pass;
 //! then, bottom up, each gets its fix-up and is renamed into the store.
 
+use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -64,7 +65,12 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
     {
         let same = record.source_digest.as_deref() == Some(top.as_ref())
             && record.platform == platform.to_string();
-        if same && record.layers.iter().all(|l| store.has_layer(&l.chain_id)) {
+        let blobs_kept = !ctx.store_args.keep_blobs
+            || record
+                .layers
+                .iter()
+                .all(|l| store.blob_path(&l.digest).is_file());
+        if same && blobs_kept && record.layers.iter().all(|l| store.has_layer(&l.chain_id)) {
             ctx.progress.summary(&format!(
                 "{name}: up to date in the store, {}",
                 record.digest
@@ -148,6 +154,9 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
         .with_context(|| format!("storing layer {i} of {image}"))?;
     }
     drop(locks);
+    if ctx.store_args.keep_blobs {
+        keep_missing_blobs(ctx, store, &source, &layers)?;
+    }
 
     let record = image_record(image, &resolved, &layers, &chains, &platform.to_string());
     store.put_image(&record, std::slice::from_ref(&name))?;
@@ -226,14 +235,27 @@ fn extract_one(
     let stream = source
         .blob(descriptor, &format!("layer {index}"))
         .with_context(|| format!("fetching {what}"))?;
+    // With --keep-blobs the compressed bytes are also written to the store
+    // as they pass; the blob is kept only once the stream verified.
+    let kept = ctx
+        .store_args
+        .keep_blobs
+        .then(|| store.begin_blob())
+        .transpose()?;
+    let mut tee = Tee::new(bar.wrap(stream), kept.as_ref().map(|b| b.path()))?;
     let summary = strata_layer::extract(
-        bar.wrap(stream),
+        &mut tee,
         layer_compression(descriptor.media_type().as_ref()),
         Some(layer.diff_id.as_ref()),
         &tmp.diff(),
         options,
     )
     .with_context(|| format!("extracting {what}"))?;
+    tee.finish()
+        .with_context(|| format!("keeping the blob of {what}"))?;
+    if let Some(blob) = kept {
+        blob.commit(descriptor.digest().as_ref())?;
+    }
     bar.finish();
     ctx.progress.line(&format!(
         "layer {index} {} extracted: {} entries, {}",
@@ -266,6 +288,81 @@ fn refetchable(image: &ImageRef) -> String {
         }
         .to_string(),
     }
+}
+
+/// A reader that copies what it gives to a file, when there is one.
+struct Tee<R> {
+    inner: R,
+    copy: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl<R: Read> Tee<R> {
+    fn new(inner: R, copy_to: Option<&std::path::Path>) -> Result<Self> {
+        let copy = copy_to
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(p)
+                    .with_context(|| format!("opening {}", p.display()))
+            })
+            .transpose()?
+            .map(|f| std::io::BufWriter::with_capacity(1 << 20, f));
+        Ok(Self { inner, copy })
+    }
+
+    fn finish(self) -> Result<()> {
+        if let Some(copy) = self.copy {
+            copy.into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(copy) = &mut self.copy {
+            copy.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+}
+
+/// With `--keep-blobs`, the blobs of layers that were in the store already
+/// (pulled before without it) are fetched now, verified, and kept.
+fn keep_missing_blobs(
+    ctx: &Context,
+    store: &Store,
+    source: &ImageSource,
+    layers: &[Layer],
+) -> Result<()> {
+    for (i, layer) in layers.iter().enumerate() {
+        let descriptor = &layer.descriptor;
+        if store.blob_path(descriptor.digest().as_ref()).is_file() {
+            continue;
+        }
+        let what = format!("layer {i} ({})", descriptor.digest());
+        let blob = store.begin_blob()?;
+        let mut stream = source
+            .blob(descriptor, &format!("layer {i}"))
+            .with_context(|| format!("fetching {what}"))?;
+        let mut file = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::OpenOptions::new().write(true).open(blob.path())?,
+        );
+        std::io::copy(&mut stream, &mut file)
+            .with_context(|| format!("keeping the blob of {what}"))?;
+        file.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        blob.commit(descriptor.digest().as_ref())?;
+        ctx.progress.line(&format!(
+            "layer {i} {}: blob kept",
+            short(descriptor.digest().as_ref())
+        ));
+    }
+    Ok(())
 }
 
 fn image_record(

@@ -113,13 +113,23 @@ pub fn run(args: &PushArgs, ctx: &Context, out: &mut Output) -> Result<()> {
                     &ctx.registry.options().map_err(|e| e.to_string())?,
                 )
                 .map_err(|e| {
-                    format!("opening {source_ref}, where the image's base layers come from: {e}")
+                    let mut text = e.to_string();
+                    let mut cause = std::error::Error::source(&e);
+                    while let Some(c) = cause {
+                        text.push_str(": ");
+                        text.push_str(&c.to_string());
+                        cause = c.source();
+                    }
+                    text
                 })
             })
             .as_ref()
             .map_err(|e| strata_registry::Error::NotFound {
                 reference: source_ref.to_string(),
-                detail: format!(": {e}"),
+                detail: format!(
+                    " (the store keeps no blob of this layer, so push streams it from the image's source): {e}; \
+                     make the source reachable again, or pull the image with `strata pull --keep-blobs` while it is"
+                ),
             })
     };
 

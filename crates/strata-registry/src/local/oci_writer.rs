@@ -31,6 +31,7 @@ enum Target {
         path: PathBuf,
         tmp: PathBuf,
         tar: Mutex<Option<tar::Builder<BufWriter<File>>>>,
+        owner: (u32, u32),
         written: Mutex<HashSet<String>>,
     },
 }
@@ -106,19 +107,41 @@ impl OciLayoutWriter {
             std::process::id()
         ));
         let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        // Entries are owned by whoever writes the archive, as tar's are:
+        // skopeo, unpacking as an ordinary user, chowns to what they say.
+        let owner = {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = file.metadata().map_err(io_error(&tmp))?;
+            (meta.uid(), meta.gid())
+        };
         let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
-        append(
-            &mut tar,
-            "oci-layout",
-            LAYOUT.len() as u64,
-            &mut &LAYOUT[..],
-        )
-        .map_err(io_error(&tmp))?;
+        let start = (|| {
+            for dir in ["blobs/", "blobs/sha256/"] {
+                let mut header = tar::Header::new_ustar();
+                header.set_path(dir)?;
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_uid(owner.0.into());
+                header.set_gid(owner.1.into());
+                header.set_size(0);
+                header.set_cksum();
+                tar.append(&header, io::empty())?;
+            }
+            append(
+                &mut tar,
+                owner,
+                "oci-layout",
+                LAYOUT.len() as u64,
+                &mut &LAYOUT[..],
+            )
+        })();
+        start.map_err(io_error(&tmp))?;
         Ok(Self {
             target: Target::Archive {
                 path: path.to_owned(),
                 tmp,
                 tar: Mutex::new(Some(tar)),
+                owner,
                 written: Mutex::new(HashSet::new()),
             },
             name: with_tag(format!("oci-archive:{}", path.display()), tag.as_deref()),
@@ -147,7 +170,11 @@ impl OciLayoutWriter {
                 fs::rename(&tmp, &dest).map_err(io_error(&dest))
             }
             Target::Archive {
-                tmp, tar, written, ..
+                tmp,
+                tar,
+                written,
+                owner,
+                ..
             } => {
                 let mut guard = tar.lock().expect("archive lock poisoned");
                 let builder = guard.as_mut().ok_or_else(|| Error::InvalidLayout {
@@ -155,7 +182,8 @@ impl OciLayoutWriter {
                     format: "oci-archive destination",
                     detail: "an earlier write failed; the archive is abandoned".into(),
                 })?;
-                if let Err(e) = append(builder, &format!("blobs/sha256/{hex}"), size, data) {
+                if let Err(e) = append(builder, *owner, &format!("blobs/sha256/{hex}"), size, data)
+                {
                     // A tar with half an entry is no archive: stop writing it.
                     *guard = None;
                     return Err(blob_error(e, what, tmp));
@@ -254,6 +282,7 @@ fn blob_error(e: io::Error, what: &str, path: &Path) -> Error {
 
 fn append(
     tar: &mut tar::Builder<BufWriter<File>>,
+    owner: (u32, u32),
     name: &str,
     size: u64,
     data: &mut dyn io::Read,
@@ -262,6 +291,8 @@ fn append(
     header.set_path(name)?;
     header.set_size(size);
     header.set_mode(0o644);
+    header.set_uid(owner.0.into());
+    header.set_gid(owner.1.into());
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     // A short source would leave the tar misaligned: take exactly `size`
@@ -365,7 +396,13 @@ impl Destination for OciLayoutWriter {
                     io_error(&path)(e)
                 })
             }
-            Target::Archive { path, tmp, tar, .. } => {
+            Target::Archive {
+                path,
+                tmp,
+                tar,
+                owner,
+                ..
+            } => {
                 let builder = tar.lock().expect("archive lock poisoned").take();
                 let Some(mut builder) = builder else {
                     return Err(Error::InvalidLayout {
@@ -377,6 +414,7 @@ impl Destination for OciLayoutWriter {
                 let result = (|| {
                     append(
                         &mut builder,
+                        *owner,
                         "index.json",
                         index.len() as u64,
                         &mut &index[..],
