@@ -29,6 +29,16 @@ stop_containerd() {
     sleep 0.2
     rm -f "$W/containerd/pid"
 }
+fresh_destination() {
+    # An empty registry for each copy run (bench/transfer.sh writes its config).
+    pkill -f "serve $W/dest-registry.yml" 2>/dev/null
+    for _ in $(seq 50); do pgrep -f "serve $W/dest-registry.yml" >/dev/null || break; sleep 0.1; done
+    rm -rf "$W/dest-registry"
+    setsid docker-registry serve "$W/dest-registry.yml" >"$W/dest-registry.log" 2>&1 < /dev/null &
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$DEST_PORT") 2>/dev/null && return 0; sleep 0.1; done
+    echo "the destination registry did not start; see $W/dest-registry.log" >&2
+    return 1
+}
 case "$1" in
     strata-cold)  unmount_all; rm -rf "$W/strata-store" "$W/rootfs"; drop_caches ;;
     strata-warm)  unmount_all; rm -rf "$W/rootfs"; drop_caches ;;
@@ -38,8 +48,9 @@ case "$1" in
     ctr-cold)     unmount_all; stop_containerd; rm -rf "$W/containerd/root" "$W/containerd/state"; start_containerd; drop_caches ;;
     ctr-warm)     unmount_all; ctr -a "$W/containerd/sock" -n bench snapshots rm bench-mount >/dev/null 2>&1; rm -rf "$W/ctr-mnt"; mkdir -p "$W/ctr-mnt"; drop_caches ;;
     tar)          rm -rf "$W/tar-out"; drop_caches ;;
-    stop)         unmount_all; stop_containerd ;;
+    copy)         fresh_destination; drop_caches ;;
+    stop)         unmount_all; stop_containerd; pkill -f "serve $W/dest-registry.yml" 2>/dev/null ;;
     drop)         drop_caches ;;
-    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|stop|drop" >&2; exit 2 ;;
+    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|copy|stop|drop" >&2; exit 2 ;;
 esac
 exit 0

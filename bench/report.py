@@ -9,8 +9,8 @@ import sys
 results, images = sys.argv[1], sys.argv[2].split()
 contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit",
               "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
-              "strata-commit-one-file"]
-images = images + ["commit"]
+              "strata-commit-one-file", "strata-copy", "skopeo-copy"]
+images = images + ["commit", "transfer"]
 
 
 def load(image, contender):
@@ -39,6 +39,7 @@ pairs = [
     ("strata-commit", "tar-pigz", 1.00),
     ("strata-commit", "buildah-commit", 0.50),
     ("strata-commit", "buildah-commit-oci", 0.50),
+    ("strata-copy", "skopeo-copy", 0.50),
 ]
 print("| image | ratio | measured | target | met |")
 print("|---|---|---:|---:|---|")
@@ -59,3 +60,9 @@ for image in images:
 one = load("commit", "strata-commit-one-file")
 if one is not None:
     print(f"one-file commit on the layered image: {one['median'] * 1000:.0f} ms (target < 50 ms)")
+push = os.path.join(results, "transfer--push.json")
+if os.path.exists(push):
+    sent = json.load(open(push))
+    new = sum(b["size"] for b in sent["blobs"] if b["outcome"] == "uploaded")
+    print(f"push of a one-file commit to the registry holding its base: {sent['uploaded_bytes']} bytes uploaded, "
+          f"the new blobs are {new} bytes ({sent['uploaded']} uploaded, {sent['present']} already there, {sent['mounted']} mounted)")

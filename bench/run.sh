@@ -4,7 +4,8 @@
 # Builds its images with public tools, serves them from a local registry.
 #   BENCH_DIR (default /var/tmp/strata-bench), BENCH_RUNS (default 3),
 #   BENCH_IMAGES (default "small debian layered"), BENCH_PARTS (default
-#   "read commit": the pull/mount/flatten rows, the commit rows).
+#   "read commit transfer": the pull/mount/flatten rows, the commit rows,
+#   the copy and push rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "just bench mounts and drops caches: run it as root" >&2; exit 1; }
@@ -15,7 +16,7 @@ for p in containerd hyperfine time pigz; do dpkg -s "$p" >/dev/null 2>&1 || { ap
 export W=${BENCH_DIR:-/var/tmp/strata-bench}
 runs=${BENCH_RUNS:-3}
 images=${BENCH_IMAGES:-small debian layered}
-parts=${BENCH_PARTS:-read commit}
+parts=${BENCH_PARTS:-read commit transfer}
 mkdir -p "$W/images" "$W/results"
 rm -f "$W/results/"*.json
 cargo build --release --quiet
@@ -84,6 +85,9 @@ done
 $ctl stop
 if [[ " $parts " == *" commit "* ]]; then
     source bench/commit.sh
+fi
+if [[ " $parts " == *" transfer "* ]]; then
+    source bench/transfer.sh
 fi
 
 python3 bench/report.py "$W/results" "$images" | tee "$W/results/table.md"

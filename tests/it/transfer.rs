@@ -573,3 +573,53 @@ fn a_pull_with_keep_blobs_pushes_without_its_source_and_without_them_the_error_s
         }
     }
 }
+
+#[test]
+fn privileged_copy_to_a_docker_archive_keeps_the_config_and_podman_loads_it() {
+    let registry = Registry::plain();
+    registry.push_layout(busybox_layout(), "latest", "busybox:1");
+    let source = registry.reference("busybox:1");
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("saved.tar");
+    let destination = format!("docker-archive:{}:busybox:saved", archive.display());
+    copy_json(&[&source, &destination]);
+    // The config (the image ID) and every diff_id are the source's.
+    assert_eq!(
+        run_ok(strata().args(["config", &format!("docker-archive:{}", archive.display())])),
+        run_ok(strata().args(["config", &source]))
+    );
+    let storage = tmp.path().join("podman");
+    run_ok(
+        podman(&storage)
+            .arg("load")
+            .arg("--quiet")
+            .arg("-i")
+            .arg(&archive),
+    );
+    let mounted = String::from_utf8(run_ok(podman(&storage).args([
+        "image",
+        "mount",
+        "busybox:saved",
+    ])))
+    .unwrap();
+    let loaded = manifest_with_links(Path::new(mounted.trim()));
+    run_ok(podman(&storage).args(["image", "unmount", "busybox:saved"]));
+    let theirs = umoci_tree(busybox_layout(), "latest", &tmp.path().join("bundle"));
+    assert_same(
+        &loaded,
+        &theirs,
+        "podman load of strata's docker-archive against umoci of the source",
+    );
+    // An index cannot go into one.
+    registry.push_layout(busybox_layout(), "multi", "multi:1");
+    let (_, err) = run_err(
+        strata()
+            .args(["copy", "--all", &registry.reference("multi:1")])
+            .arg(format!(
+                "docker-archive:{}",
+                tmp.path().join("multi.tar").display()
+            )),
+    );
+    assert!(err.contains("one platform"), "{err}");
+    assert!(!tmp.path().join("multi.tar").exists());
+}

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result, anyhow};
 use oci_spec::image::Descriptor;
 use serde::Serialize;
-use strata_registry::{BlobOutcome, ImageDestination, RawManifest};
+use strata_registry::{
+    BlobOutcome, Decompressor, DestinationOptions, ImageDestination, RawManifest,
+};
 
 use crate::context::Context;
 use crate::pull::human_bytes;
@@ -62,6 +64,23 @@ pub struct Sent {
     pub uploaded: usize,
     /// Bytes read from the sources for the uploads (restarts included).
     pub uploaded_bytes: u64,
+}
+
+/// How strata writes destinations: `mount_from` as decided by the command,
+/// and the layer crate's decoder for `docker-archive:` (the only format
+/// that wants layers uncompressed).
+#[must_use]
+pub fn destination_options(mount_from: Option<String>) -> DestinationOptions {
+    let decompress: Decompressor = Arc::new(|blob, media_type| {
+        let hint = crate::pull::layer_compression(media_type);
+        strata_layer::decompress(blob, hint)
+            .map(|r| Box::new(r) as Box<dyn Read + Send>)
+            .map_err(std::io::Error::other)
+    });
+    DestinationOptions {
+        mount_from: mount_from.into_iter().collect(),
+        decompress: Some(decompress),
+    }
 }
 
 /// Sends `jobs`, then `manifests` (the last one is the top), then finishes

@@ -76,6 +76,36 @@ enum Inner<R: Read> {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
 }
 
+/// A layer blob's bytes decompressed: the format found from the bytes
+/// (`hint`, from the media type, is only checked against them). Whatever
+/// follows the compressed stream is read too, so a verifying reader below
+/// sees the blob's end.
+///
+/// # Errors
+/// When the first bytes cannot be read or a zstd stream cannot start.
+pub fn decompress<R: Read>(reader: R, hint: Option<Compression>) -> Result<impl Read> {
+    Ok(Draining {
+        inner: Decompressor::new(reader, hint)?,
+        drained: false,
+    })
+}
+
+struct Draining<R: Read> {
+    inner: Decompressor<R>,
+    drained: bool,
+}
+
+impl<R: Read> Read for Draining<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.drained {
+            self.drained = true;
+            self.inner.drain_rest()?;
+        }
+        Ok(n)
+    }
+}
+
 /// The decompressing half of the pipeline: the bytes decide the format (the
 /// media type is only a hint, reported when it disagrees).
 pub(crate) struct Decompressor<R: Read> {

@@ -40,7 +40,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use blob::{Blob, BlobOptions, write_blob};
-pub use compression::Compression;
+pub use compression::{Compression, decompress};
 pub use entry::{DirSource, Entry, EntrySource, Kind};
 pub use error::{Error, Result};
 pub use fixup::fix_up;

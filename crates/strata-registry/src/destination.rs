@@ -1,5 +1,5 @@
 //! One API over every place an image can be written to: a registry
-//! repository, an OCI layout (directory or tar).
+//! repository, an OCI layout (directory or tar), a `docker save` tar.
 //!
 //! The order is the caller's promise and the reason this is safe: every
 //! blob first, then the manifests, children before the index, the tag last.
@@ -12,10 +12,10 @@ use oci_spec::image::Descriptor;
 use serde::Serialize;
 
 use crate::digest::check_digest;
-use crate::local::OciLayoutWriter;
+use crate::local::{DockerArchiveWriter, OciLayoutWriter};
 use crate::manifest::RawManifest;
 use crate::options::Options;
-use crate::reference::{ImageRef, Reference};
+use crate::reference::{ArchiveImage, ImageRef, Reference};
 use crate::remote::{Access, Remote};
 use crate::{Error, Result};
 
@@ -24,6 +24,24 @@ use crate::{Error, Result};
 /// verified against the descriptor as they are read ([`crate::ImageSource::blob`]
 /// streams are; wrap anything else in a [`crate::VerifiedReader`]).
 pub type BlobOpener<'a> = &'a (dyn Fn() -> Result<Box<dyn Read + Send>> + Sync);
+
+/// Decompresses a layer blob (its bytes and media type) into the tar it
+/// holds: what a `docker-archive:` destination needs, as that format has
+/// only uncompressed layers. The layer crate knows the formats; the CLI
+/// passes its decoder in, so this crate stays without one.
+pub type Decompressor = std::sync::Arc<
+    dyn Fn(Box<dyn Read + Send>, &str) -> std::io::Result<Box<dyn Read + Send>> + Send + Sync,
+>;
+
+/// How a destination is written, decided by the caller before it opens.
+#[derive(Clone, Default)]
+pub struct DestinationOptions {
+    /// Repositories of the destination's registry blobs may be mounted
+    /// from (the token asks `pull` on each).
+    pub mount_from: Vec<String>,
+    /// The layer decoder, for `docker-archive:`.
+    pub decompress: Option<Decompressor>,
+}
 
 /// What became of one blob at the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,33 +107,54 @@ pub struct ImageDestination {
 impl ImageDestination {
     /// Opens a destination. For a registry this settles scheme and
     /// authentication with a token for `pull,push` on the repository, and
-    /// `pull` on each repository of `mount_from` (the same registry's
-    /// repositories blobs may be mounted from); a layout directory is
-    /// created when missing.
+    /// `pull` on each repository of `writing.mount_from`; a layout
+    /// directory is created when missing; an archive is started beside its
+    /// target.
     ///
     /// # Errors
     /// Network and auth errors, an unwritable path, a `docker-archive:`
-    /// destination (not written yet: its layers would have to be
-    /// decompressed, changing every digest).
-    pub fn open(reference: &ImageRef, options: &Options, mount_from: &[String]) -> Result<Self> {
+    /// destination without a decoder or naming an image by index.
+    pub fn open(
+        reference: &ImageRef,
+        options: &Options,
+        writing: &DestinationOptions,
+    ) -> Result<Self> {
         let sink: Box<dyn Destination> = match reference {
             ImageRef::Registry(r) => Box::new(Remote::open(
                 r.clone(),
                 options,
                 Access::Push {
-                    mount_from: mount_from.to_vec(),
+                    mount_from: writing.mount_from.clone(),
                 },
             )?),
             ImageRef::OciDir { path, tag } => Box::new(OciLayoutWriter::dir(path, tag.clone())?),
             ImageRef::OciArchive { path, tag } => {
                 Box::new(OciLayoutWriter::archive(path, tag.clone())?)
             }
-            ImageRef::DockerArchive { path, .. } => {
-                return Err(Error::InvalidLayout {
-                    path: path.clone(),
-                    format: "destination",
-                    detail: "strata does not write docker-archive: yet (its layers are uncompressed tars, so every layer digest would change); write oci-archive: or oci: instead".into(),
-                });
+            ImageRef::DockerArchive { path, image } => {
+                let tag = match image {
+                    None => None,
+                    Some(ArchiveImage::Tag(t)) => Some(t.clone()),
+                    Some(ArchiveImage::Index(i)) => {
+                        return Err(Error::InvalidReference {
+                            input: reference.to_string(),
+                            reason: format!(
+                                "@{i} picks an image to read; to write, name it docker-archive:FILE[:NAME:TAG]"
+                            ),
+                        });
+                    }
+                };
+                let decompress =
+                    writing
+                        .decompress
+                        .clone()
+                        .ok_or_else(|| Error::InvalidLayout {
+                            path: path.clone(),
+                            format: "docker-archive destination",
+                            detail: "no layer decoder was given to write its uncompressed layers"
+                                .into(),
+                        })?;
+                Box::new(DockerArchiveWriter::create(path, tag, decompress)?)
             }
         };
         Ok(Self {

@@ -44,7 +44,9 @@ mod transport;
 
 pub use auth::{Credentials, auth_files};
 pub use copy::{CopyPlan, PlannedBlob};
-pub use destination::{BlobOpener, BlobOutcome, ImageDestination};
+pub use destination::{
+    BlobOpener, BlobOutcome, Decompressor, DestinationOptions, ImageDestination,
+};
 pub use digest::{
     StreamHasher, VerifiedReader, check_digest, integrity_error, parse_digest, sha256_of,
 };

@@ -7,7 +7,7 @@ use strata_registry::{ImageDestination, ImageRef};
 
 use crate::context::Context;
 use crate::output::Output;
-use crate::transfer::{BlobJob, send};
+use crate::transfer::{BlobJob, destination_options, send};
 
 /// Copy an image between registries, OCI layouts and archives, keeping every digest
 #[derive(Debug, Args)]
@@ -17,7 +17,7 @@ use crate::transfer::{BlobJob, send};
 pub struct CopyArgs {
     /// The image to copy: NAME[:TAG][@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]
     pub source: ImageRef,
-    /// Where to: NAME[:TAG], oci:DIR[:TAG] or oci-archive:FILE[:TAG]
+    /// Where to: NAME[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG] (layers uncompressed: the config and diff_ids stay, the manifest digest cannot)
     pub destination: ImageRef,
     /// Copy a multi-platform index with every platform's image
     #[arg(long)]
@@ -39,7 +39,7 @@ pub fn run(args: &CopyArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     let destination = ImageDestination::open(
         &args.destination,
         &ctx.registry.options()?,
-        mount_from.as_slice(),
+        &destination_options(mount_from.clone()),
     )
     .with_context(|| format!("opening {} for writing", args.destination))?;
     let jobs = plan

@@ -19,7 +19,7 @@ use strata_stack::ImageRecord;
 
 use crate::context::{Context, find_stored};
 use crate::output::Output;
-use crate::transfer::{BlobJob, Opener, send};
+use crate::transfer::{BlobJob, Opener, destination_options, send};
 
 /// Push an image from the store to a registry or an OCI layout
 #[derive(Debug, Args)]
@@ -29,7 +29,7 @@ use crate::transfer::{BlobJob, Opener, send};
 pub struct PushArgs {
     /// The image in the store, as named by pull or commit
     pub image: ImageRef,
-    /// Where to: NAME[:TAG], oci:DIR[:TAG] or oci-archive:FILE[:TAG] [default: IMAGE as a registry reference]
+    /// Where to: NAME[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG] [default: IMAGE as a registry reference]
     pub destination: Option<ImageRef>,
 }
 
@@ -49,18 +49,13 @@ pub fn run(args: &PushArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         &args.image,
         "`strata pull` or `strata commit` puts it there",
     )?;
-    let destination_ref = args
-        .destination
-        .clone()
-        .unwrap_or_else(|| args.image.clone());
-    if !matches!(
-        destination_ref,
-        ImageRef::Registry(_) | ImageRef::OciDir { .. } | ImageRef::OciArchive { .. }
-    ) {
-        bail!(
-            "strata push writes to a registry, oci:DIR[:TAG] or oci-archive:FILE[:TAG], not {destination_ref}"
-        );
-    }
+    let destination_ref = match (&args.destination, &args.image) {
+        (Some(d), _) => d.clone(),
+        (None, image @ ImageRef::Registry(_)) => image.clone(),
+        (None, image) => bail!(
+            "{image} is not a registry reference, so it is no default destination; name one: strata push {image} DEST"
+        ),
+    };
     let manifest_raw = stored_manifest(&record);
     let manifest: ImageManifest = serde_json::from_str(&record.manifest)
         .with_context(|| format!("parsing the stored manifest of {}", args.image))?;
@@ -96,7 +91,7 @@ pub fn run(args: &PushArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     let destination = ImageDestination::open(
         &destination_ref,
         &ctx.registry.options()?,
-        mount_from.as_slice(),
+        &destination_options(mount_from.clone()),
     )
     .with_context(|| format!("opening {destination_ref} for writing"))?;
 

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use oci_spec::image::{Descriptor, DescriptorBuilder, ImageIndex, ImageIndexBuilder, MediaType};
 
+use super::tar_out::{ArchiveFile, blob_error};
 use crate::destination::{BlobOpener, Destination};
 use crate::digest::check_digest;
 use crate::manifest::{MAX_MANIFEST_BYTES, RawManifest};
@@ -28,10 +29,7 @@ const FORMAT: &str = "OCI image layout";
 enum Target {
     Dir(PathBuf),
     Archive {
-        path: PathBuf,
-        tmp: PathBuf,
-        tar: Mutex<Option<tar::Builder<BufWriter<File>>>>,
-        owner: (u32, u32),
+        file: ArchiveFile,
         written: Mutex<HashSet<String>>,
     },
 }
@@ -92,56 +90,18 @@ impl OciLayoutWriter {
 
     /// A layout tar, written beside `path` and renamed over it by `finish`.
     pub(crate) fn archive(path: &Path, tag: Option<String>) -> Result<Self> {
-        let file_name = path.file_name().ok_or_else(|| Error::InvalidLayout {
-            path: path.to_owned(),
-            format: "oci-archive destination",
-            detail: "it names no file".into(),
-        })?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = parent.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
-        // Entries are owned by whoever writes the archive, as tar's are:
-        // skopeo, unpacking as an ordinary user, chowns to what they say.
-        let owner = {
-            use std::os::unix::fs::MetadataExt as _;
-            let meta = file.metadata().map_err(io_error(&tmp))?;
-            (meta.uid(), meta.gid())
-        };
-        let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
-        let start = (|| {
-            for dir in ["blobs/", "blobs/sha256/"] {
-                let mut header = tar::Header::new_ustar();
-                header.set_path(dir)?;
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
-                header.set_uid(owner.0.into());
-                header.set_gid(owner.1.into());
-                header.set_size(0);
-                header.set_cksum();
-                tar.append(&header, io::empty())?;
-            }
-            append(
-                &mut tar,
-                owner,
-                "oci-layout",
-                LAYOUT.len() as u64,
-                &mut &LAYOUT[..],
-            )
-        })();
-        start.map_err(io_error(&tmp))?;
+        let file = ArchiveFile::create(path, "oci-archive destination")?;
+        file.append_dir("blobs/")?;
+        file.append_dir("blobs/sha256/")?;
+        file.append(
+            "oci-layout",
+            LAYOUT.len() as u64,
+            &mut &LAYOUT[..],
+            "oci-layout",
+        )?;
         Ok(Self {
             target: Target::Archive {
-                path: path.to_owned(),
-                tmp,
-                tar: Mutex::new(Some(tar)),
-                owner,
+                file,
                 written: Mutex::new(HashSet::new()),
             },
             name: with_tag(format!("oci-archive:{}", path.display()), tag.as_deref()),
@@ -169,25 +129,8 @@ impl OciLayoutWriter {
                 }
                 fs::rename(&tmp, &dest).map_err(io_error(&dest))
             }
-            Target::Archive {
-                tmp,
-                tar,
-                written,
-                owner,
-                ..
-            } => {
-                let mut guard = tar.lock().expect("archive lock poisoned");
-                let builder = guard.as_mut().ok_or_else(|| Error::InvalidLayout {
-                    path: tmp.clone(),
-                    format: "oci-archive destination",
-                    detail: "an earlier write failed; the archive is abandoned".into(),
-                })?;
-                if let Err(e) = append(builder, *owner, &format!("blobs/sha256/{hex}"), size, data)
-                {
-                    // A tar with half an entry is no archive: stop writing it.
-                    *guard = None;
-                    return Err(blob_error(e, what, tmp));
-                }
+            Target::Archive { file, written } => {
+                file.append(&format!("blobs/sha256/{hex}"), size, data, what)?;
                 written
                     .lock()
                     .expect("archive lock poisoned")
@@ -268,67 +211,6 @@ fn with_tag(name: String, tag: Option<&str>) -> String {
     }
 }
 
-/// A source error (integrity included) stays what it is; anything else is
-/// the destination's file.
-fn blob_error(e: io::Error, what: &str, path: &Path) -> Error {
-    if crate::digest::integrity_error(&e).is_some() {
-        return crate::source::integrity_from_io(e);
-    }
-    Error::Io {
-        path: path.to_owned(),
-        source: io::Error::new(e.kind(), format!("writing {what}: {e}")),
-    }
-}
-
-fn append(
-    tar: &mut tar::Builder<BufWriter<File>>,
-    owner: (u32, u32),
-    name: &str,
-    size: u64,
-    data: &mut dyn io::Read,
-) -> io::Result<()> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(name)?;
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_uid(owner.0.into());
-    header.set_gid(owner.1.into());
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    // A short source would leave the tar misaligned: take exactly `size`
-    // and check that is what came.
-    let mut counted = Counted { inner: data, n: 0 };
-    tar.append(&header, &mut io::Read::take(&mut counted, size))?;
-    if counted.n != size {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{name}: {} of {size} bytes", counted.n),
-        ));
-    }
-    // One more read: a verifying stream checks its digest at its end, and
-    // a longer one is caught.
-    if counted.inner.read(&mut [0u8; 1])? != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{name}: more than {size} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-struct Counted<'a> {
-    inner: &'a mut dyn io::Read,
-    n: u64,
-}
-
-impl io::Read for Counted<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
 impl Destination for OciLayoutWriter {
     fn describe(&self) -> String {
         self.name.clone()
@@ -396,48 +278,15 @@ impl Destination for OciLayoutWriter {
                     io_error(&path)(e)
                 })
             }
-            Target::Archive {
-                path,
-                tmp,
-                tar,
-                owner,
-                ..
-            } => {
-                let builder = tar.lock().expect("archive lock poisoned").take();
-                let Some(mut builder) = builder else {
-                    return Err(Error::InvalidLayout {
-                        path: tmp.clone(),
-                        format: "oci-archive destination",
-                        detail: "an earlier write failed; the archive is abandoned".into(),
-                    });
-                };
-                let result = (|| {
-                    append(
-                        &mut builder,
-                        *owner,
-                        "index.json",
-                        index.len() as u64,
-                        &mut &index[..],
-                    )?;
-                    let file = builder
-                        .into_inner()?
-                        .into_inner()
-                        .map_err(io::IntoInnerError::into_error)?;
-                    file.sync_all()?;
-                    fs::rename(tmp, path)
-                })();
-                result.map_err(io_error(path))
+            Target::Archive { file, .. } => {
+                file.append(
+                    "index.json",
+                    index.len() as u64,
+                    &mut &index[..],
+                    "index.json",
+                )?;
+                file.finish()
             }
-        }
-    }
-}
-
-impl Drop for OciLayoutWriter {
-    fn drop(&mut self) {
-        // An archive that was not finished is removed; a finished one was
-        // renamed away, so this finds nothing.
-        if let Target::Archive { tmp, .. } = &self.target {
-            let _ = fs::remove_file(tmp);
         }
     }
 }
