@@ -47,35 +47,6 @@ mknod "$r/dev/strata-null" c 1 3
 truncate -s 100M "$r/var/sparse" && printf data | dd of="$r/var/sparse" bs=1 seek=5000000 conv=notrunc 2>/dev/null
 "#;
 
-/// Writes an OCI layout of `name` from what strata holds: the base's blobs
-/// (from the layout it was pulled from), the new layer's blob from the
-/// store, the config and manifest `strata config`/`strata manifest` print.
-fn layout_of(env: &Env, base_layout: &Path, name: &str, new_blob: &str, out: &Path) {
-    run_ok(Command::new("cp").arg("-a").arg(base_layout).arg(out));
-    let blobs = out.join("blobs/sha256");
-    let hex = |d: &str| d.strip_prefix("sha256:").unwrap().to_owned();
-    std::fs::copy(
-        env.store().join("blobs/sha256").join(hex(new_blob)),
-        blobs.join(hex(new_blob)),
-    )
-    .unwrap();
-    let config = run_ok(env.strata().args(["config", name]));
-    let manifest = run_ok(env.strata().args(["manifest", name]));
-    let digest = crate::util::sha256(&manifest);
-    std::fs::write(blobs.join(hex(&crate::util::sha256(&config))), &config).unwrap();
-    std::fs::write(blobs.join(hex(&digest)), &manifest).unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "committed"},
-        }],
-    });
-    std::fs::write(out.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-}
-
 fn umoci_rootfs(layout: &Path, bundle: &Path) -> BTreeMap<String, String> {
     require_tool("umoci", "umoci");
     run_ok(
@@ -162,14 +133,14 @@ fn privileged_a_commit_flattens_and_unpacks_to_the_merged_view_the_user_saw() {
         "a mount of the commit vs the merged view",
     );
 
-    // umoci's unpack of the image as an OCI layout.
+    // umoci's unpack of the image as the OCI layout `strata push` writes
+    // (the base's blobs from the layout it was pulled from, the new one
+    // from the store).
     let layout = env.path("layout");
-    layout_of(
-        &env,
-        base,
-        &name,
-        out["layer_digest"].as_str().unwrap(),
-        &layout,
+    run_ok(
+        env.strata()
+            .args(["push", &name])
+            .arg(format!("oci:{}:committed", layout.display())),
     );
     let bundle = env.path("bundle");
     assert_same(
