@@ -39,6 +39,16 @@ fresh_destination() {
     echo "the destination registry did not start; see $W/dest-registry.log" >&2
     return 1
 }
+fresh_cache() {
+    # An empty pull-through cache for each fleet run (bench/fleet.sh writes its config).
+    pkill -f "serve $W/cache-registry.yml" 2>/dev/null
+    for _ in $(seq 50); do pgrep -f "serve $W/cache-registry.yml" >/dev/null || break; sleep 0.1; done
+    rm -rf "$W/cache-registry" "$W/fleet"
+    setsid docker-registry serve "$W/cache-registry.yml" >"$W/cache-registry.log" 2>&1 < /dev/null &
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$CACHE_PORT") 2>/dev/null && return 0; sleep 0.1; done
+    echo "the cache registry did not start; see $W/cache-registry.log" >&2
+    return 1
+}
 case "$1" in
     strata-cold)  unmount_all; rm -rf "$W/strata-store" "$W/rootfs"; drop_caches ;;
     strata-warm)  unmount_all; rm -rf "$W/rootfs"; drop_caches ;;
@@ -49,8 +59,9 @@ case "$1" in
     ctr-warm)     unmount_all; ctr -a "$W/containerd/sock" -n bench snapshots rm bench-mount >/dev/null 2>&1; rm -rf "$W/ctr-mnt"; mkdir -p "$W/ctr-mnt"; drop_caches ;;
     tar)          rm -rf "$W/tar-out"; drop_caches ;;
     copy)         fresh_destination; drop_caches ;;
-    stop)         unmount_all; stop_containerd; pkill -f "serve $W/dest-registry.yml" 2>/dev/null ;;
+    fleet)        fresh_cache; drop_caches ;;
+    stop)         unmount_all; stop_containerd; pkill -f "serve $W/dest-registry.yml" 2>/dev/null; pkill -f "serve $W/cache-registry.yml" 2>/dev/null ;;
     drop)         drop_caches ;;
-    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|copy|stop|drop" >&2; exit 2 ;;
+    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|copy|fleet|stop|drop" >&2; exit 2 ;;
 esac
 exit 0

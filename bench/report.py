@@ -9,8 +9,9 @@ import sys
 results, images = sys.argv[1], sys.argv[2].split()
 contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit",
               "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
-              "strata-commit-one-file", "strata-copy", "skopeo-copy"]
-images = images + ["commit", "transfer"]
+              "strata-commit-one-file", "strata-copy", "skopeo-copy",
+              "fleet-cache", "fleet-origin"]
+images = images + ["commit", "transfer", "fleet"]
 
 
 def load(image, contender):
@@ -66,3 +67,8 @@ if os.path.exists(push):
     new = sum(b["size"] for b in sent["blobs"] if b["outcome"] == "uploaded")
     print(f"push of a one-file commit to the registry holding its base: {sent['uploaded_bytes']} bytes uploaded, "
           f"the new blobs are {new} bytes ({sent['uploaded']} uploaded, {sent['present']} already there, {sent['mounted']} mounted)")
+for mode in ("cache", "origin"):
+    path = os.path.join(results, f"fleet--{mode}-origin-bytes.txt")
+    if os.path.exists(path):
+        n = int(open(path).read().split()[0])
+        print(f"six nodes pulling the layered image ({'through a pull-through cache' if mode == 'cache' else 'from the origin'}): the origin served {n / 1e6:.1f} MB of blobs")

@@ -4,8 +4,8 @@
 # Builds its images with public tools, serves them from a local registry.
 #   BENCH_DIR (default /var/tmp/strata-bench), BENCH_RUNS (default 3),
 #   BENCH_IMAGES (default "small debian layered"), BENCH_PARTS (default
-#   "read commit transfer": the pull/mount/flatten rows, the commit rows,
-#   the copy and push rows).
+#   "read commit transfer fleet": the pull/mount/flatten rows, the commit
+#   rows, the copy and push rows, the six-node fleet rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "just bench mounts and drops caches: run it as root" >&2; exit 1; }
@@ -16,7 +16,7 @@ for p in containerd hyperfine time pigz; do dpkg -s "$p" >/dev/null 2>&1 || { ap
 export W=${BENCH_DIR:-/var/tmp/strata-bench}
 runs=${BENCH_RUNS:-3}
 images=${BENCH_IMAGES:-small debian layered}
-parts=${BENCH_PARTS:-read commit transfer}
+parts=${BENCH_PARTS:-read commit transfer fleet}
 mkdir -p "$W/images" "$W/results"
 rm -f "$W/results/"*.json
 cargo build --release --quiet
@@ -46,7 +46,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 mkdir -p "$W/registry"
 cat > "$W/registry.yml" <<YAML
 version: 0.1
-log: {level: error, accesslog: {disabled: true}}
+log: {level: error, accesslog: {disabled: false}}
 storage: {filesystem: {rootdirectory: $W/registry}}
 http: {addr: 127.0.0.1:$port}
 YAML
@@ -88,6 +88,9 @@ if [[ " $parts " == *" commit "* ]]; then
 fi
 if [[ " $parts " == *" transfer "* ]]; then
     source bench/transfer.sh
+fi
+if [[ " $parts " == *" fleet "* ]]; then
+    source bench/fleet.sh
 fi
 
 python3 bench/report.py "$W/results" "$images" | tee "$W/results/table.md"

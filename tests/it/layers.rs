@@ -154,7 +154,7 @@ fn privileged_every_layer_of_the_docker_save_archives_extracts_and_matches_umoci
                 path: archive.clone(),
                 image: Some(ArchiveImage::Index(n)),
             };
-            let out = Command::new("skopeo")
+            let out = crate::util::skopeo()
                 .args(["copy", "--quiet", &reference.to_string()])
                 .arg(format!("oci:{}:t", layout.display()))
                 .output()

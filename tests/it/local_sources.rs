@@ -54,7 +54,7 @@ fn every_docker_save_archive_opens_and_yields_its_layers_as_skopeo_sees_them() {
             let (config, layers) = read_all_layers(&reference);
             assert!(!layers.is_empty(), "{reference}");
             // skopeo, reading the same archive, sees the same config and layers.
-            let raw = Command::new("skopeo")
+            let raw = crate::util::skopeo()
                 .args(["inspect", "--raw", &reference.to_string()])
                 .output()
                 .unwrap();

@@ -14,6 +14,7 @@ mod inspect;
 mod layers;
 mod limits;
 mod local_sources;
+mod mirrors;
 mod network_faults;
 mod registry_auth;
 mod registry_faults;

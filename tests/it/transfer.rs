@@ -17,7 +17,7 @@ use crate::util::{busybox_layout, real_images_dir, require_tool, run_err, run_ok
 /// What skopeo reads at a reference: the raw manifest or index bytes.
 fn skopeo_raw(reference: &str) -> Vec<u8> {
     require_tool("skopeo", "skopeo");
-    run_ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", reference]))
+    run_ok(crate::util::skopeo().args(["inspect", "--raw", "--tls-verify=false", reference]))
 }
 
 fn copy_json(args: &[&str]) -> serde_json::Value {
@@ -80,7 +80,7 @@ fn copy_keeps_the_manifest_bytes_between_registries_layouts_and_archives() {
     // the source layout gives.
     let again = tmp.path().join("again");
     run_ok(
-        Command::new("skopeo")
+        crate::util::skopeo()
             .args(["copy", "--quiet", &archive])
             .arg(format!("oci:{}:v1", again.display())),
     );
@@ -101,7 +101,7 @@ fn copy_keeps_the_manifest_bytes_between_registries_layouts_and_archives() {
     let read = run_ok(strata().args(["manifest", &docker_archive]));
     assert_eq!(skopeo_raw(&format!("docker://{from_archive}")), read);
     run_ok(
-        Command::new("skopeo")
+        crate::util::skopeo()
             .args(["copy", "--quiet", "--src-tls-verify=false"])
             .arg(format!("docker://{from_archive}"))
             .arg(format!("oci:{}:hello", tmp.path().join("hello").display())),
@@ -232,7 +232,7 @@ fn an_upload_broken_off_mid_body_starts_over_and_the_copy_succeeds() {
     assert_eq!(crate::util::sha256(&raw), sent["digest"].as_str().unwrap());
     // Every blob the manifest names is there: skopeo copies it whole.
     run_ok(
-        Command::new("skopeo")
+        crate::util::skopeo()
             .args(["copy", "--quiet", "--src-tls-verify=false"])
             .arg(format!("docker://{}", registry.reference("big:1")))
             .arg(format!("oci:{}:back", tmp.path().join("back").display())),
@@ -425,7 +425,7 @@ fn privileged_push_of_a_committed_image_sends_the_new_layer_and_mounts_or_stream
     // What the peers make of the pushed image is what the mount showed.
     let layout = env.path("layout");
     run_ok(
-        Command::new("skopeo")
+        crate::util::skopeo()
             .args(["copy", "--quiet", "--src-tls-verify=false"])
             .arg(format!("docker://{far}"))
             .arg(format!("oci:{}:pushed", layout.display())),
@@ -492,7 +492,7 @@ fn a_push_killed_at_any_moment_never_leaves_a_tag_without_its_blobs() {
         let _ = child.wait();
         // Either no tag, or one whose every blob is there (skopeo fetches
         // them all).
-        let inspect = Command::new("skopeo")
+        let inspect = crate::util::skopeo()
             .args(["inspect", "--raw", "--tls-verify=false"])
             .arg(format!("docker://{destination}"))
             .output()
@@ -500,7 +500,7 @@ fn a_push_killed_at_any_moment_never_leaves_a_tag_without_its_blobs() {
         if inspect.status.success() {
             let out = tmp.path().join(format!("check-{round}"));
             run_ok(
-                Command::new("skopeo")
+                crate::util::skopeo()
                     .args(["copy", "--quiet", "--src-tls-verify=false"])
                     .arg(format!("docker://{destination}"))
                     .arg(format!("oci:{}:x", out.display())),
@@ -561,10 +561,12 @@ fn a_pull_with_keep_blobs_pushes_without_its_source_and_without_them_the_error_s
             let (code, err) = run_err(&mut push);
             assert_ne!(code, 0);
             assert!(
-                err.contains("layer 1") && err.contains(&layout.display().to_string()),
-                "{err}"
+                err.contains("sending layer ")
+                    && err.contains(&layout.display().to_string())
+                    && err.contains("--keep-blobs"),
+                "the error names the layer, the source and the way out: {err}"
             );
-            let inspect = Command::new("skopeo")
+            let inspect = crate::util::skopeo()
                 .args(["inspect", "--raw", "--tls-verify=false"])
                 .arg(format!("docker://{destination}"))
                 .output()
@@ -622,4 +624,190 @@ fn privileged_copy_to_a_docker_archive_keeps_the_config_and_podman_loads_it() {
     );
     assert!(err.contains("one platform"), "{err}");
     assert!(!tmp.path().join("multi.tar").exists());
+}
+
+/// Every `.NAME.tmp-…` file under `dir`.
+fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else if e.file_name().to_string_lossy().contains(".tmp-") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_layout_destination_stays_inside_itself_keeps_concurrent_tags_and_cleans_up_after_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = format!("oci:{}:latest", busybox_layout().display());
+
+    // blobs/sha256 a symlink out: refused, nothing written outside.
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let evil = tmp.path().join("evil");
+    std::fs::create_dir_all(evil.join("blobs")).unwrap();
+    std::fs::write(
+        evil.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, evil.join("blobs/sha256")).unwrap();
+    let (_, err) = run_err(
+        strata()
+            .args(["copy", &source])
+            .arg(format!("oci:{}:x", evil.display())),
+    );
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "a blob was written outside the layout"
+    );
+
+    // A symlink planted at the temp names strata will use is never followed.
+    let planted = tmp.path().join("planted");
+    copy_json(&[&source, &format!("oci:{}:seed", planted.display())]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(planted.join("index.json")).unwrap()).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"original").unwrap();
+    let script = format!(
+        "for n in 0 1 2 3 4 5 6 7; do ln -s {v} {d}/.index.json.tmp-$$-$n; done; exec {strata} copy {source} oci:{d}:again",
+        v = victim.display(),
+        d = planted.display(),
+        strata = env!("CARGO_BIN_EXE_strata"),
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
+        .env("STRATA_HOSTS_DIR", "")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"original",
+        "a planted symlink was followed"
+    );
+    assert!(!planted.join("index.json").is_symlink());
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(planted.join("index.json")).unwrap()).unwrap();
+    assert!(
+        after["manifests"].as_array().unwrap().len()
+            >= index["manifests"].as_array().unwrap().len()
+    );
+
+    // Two copies into one layout at once: both tags are there.
+    let shared = tmp.path().join("shared");
+    let arm = format!("oci:{}:arm64", busybox_layout().display());
+    for round in 0..4 {
+        let _ = std::fs::remove_dir_all(&shared);
+        run_ok(
+            strata()
+                .args(["-q", "copy", &source])
+                .arg(format!("oci:{}:a", shared.display())),
+        );
+        run_ok(
+            strata()
+                .args(["-q", "copy", &arm])
+                .arg(format!("oci:{}:b", shared.display())),
+        );
+        let children: Vec<_> = (0..2)
+            .map(|i| {
+                let (src, tag) = if i == 0 { (&source, "a") } else { (&arm, "b") };
+                strata()
+                    .args(["-q", "copy", src])
+                    .arg(format!("oci:{}:{tag}-{round}", shared.display()))
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "round {round}");
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(shared.join("index.json")).unwrap()).unwrap();
+        let names: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                m["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        for tag in ["a", "b", &format!("a-{round}"), &format!("b-{round}")] {
+            assert!(names.contains(&tag), "round {round}: {names:?}");
+        }
+    }
+
+    // Other fields of an existing index.json stay.
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared.join("index.json")).unwrap()).unwrap();
+    index["annotations"] = serde_json::json!({"com.example.keep": "me"});
+    std::fs::write(
+        shared.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    copy_json(&[&source, &format!("oci:{}:kept", shared.display())]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["annotations"]["com.example.keep"], "me");
+
+    // Killed copies leave temp files; the next copy removes them.
+    let big = tmp.path().join("big");
+    write_layout(&big, "big", &[big_layer(24, 3)], &["/bin/true"]);
+    let big_source = format!("oci:{}:big", big.display());
+    let killed = tmp.path().join("killed");
+    let archive = tmp.path().join("killed.tar");
+    for delay in [30u64, 60, 120] {
+        for dest in [
+            format!("oci:{}:k", killed.display()),
+            format!("oci-archive:{}:k", archive.display()),
+        ] {
+            let mut child = strata()
+                .args(["-q", "copy", &big_source, &dest])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    copy_json(&[&big_source, &format!("oci:{}:k", killed.display())]);
+    copy_json(&[&big_source, &format!("oci-archive:{}:k", archive.display())]);
+    assert_eq!(temp_files(&killed), Vec::<std::path::PathBuf>::new());
+    let archive_temps: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".killed.tar.tmp-")
+        })
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(archive_temps, Vec::<std::path::PathBuf>::new());
+
+    // An archive destination that is a directory is refused before anything is sent.
+    let (_, err) = run_err(
+        strata()
+            .args(["copy", &source])
+            .arg(format!("oci-archive:{}:x", outside.display())),
+    );
+    assert!(err.contains("directory"), "{err}");
 }

@@ -37,6 +37,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             Some(
                 RegistryError::NotFound { .. }
                 | RegistryError::Unauthorized { .. }
+                | RegistryError::Blocked { .. }
                 | RegistryError::NoMatchingPlatform { .. },
             ) => return NOT_FOUND,
             Some(

@@ -1,9 +1,11 @@
 //! Options shared by every command, and how they become library options.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use strata_registry::hosts::HostConfig;
 use strata_registry::{Credentials, Options, PlainHttp, Platform};
 
 /// How to reach registries (every command that reads an image takes these).
@@ -38,6 +40,14 @@ pub struct RegistryArgs {
     /// Fetch foreign (non-distributable) layers from the URLs in their descriptors
     #[arg(long, global = true)]
     pub allow_foreign_layers: bool,
+
+    /// containerd hosts directory (DIR/REGISTRY/hosts.toml) naming mirrors; default: /etc/containerd/certs.d when it exists; '' for none. Mirrors are also read from containers-registries.conf ($CONTAINERS_REGISTRIES_CONF, ~/.config/containers, /etc/containers)
+    #[arg(long, value_name = "DIR", env = "STRATA_HOSTS_DIR", global = true)]
+    pub hosts_dir: Option<String>,
+
+    /// Seconds a mirror may take to connect or answer before it is passed over for the rest of the pull
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0, global = true)]
+    pub mirror_timeout: f64,
 }
 
 impl RegistryArgs {
@@ -57,6 +67,8 @@ impl RegistryArgs {
                 .map(Credentials::from_flag)
                 .transpose()?,
             foreign_urls: self.allow_foreign_layers,
+            hosts: HostConfig::usual(self.hosts_dir.as_deref().map(std::path::Path::new))?
+                .with_mirror_timeout(Duration::from_secs_f64(self.mirror_timeout.max(0.1))),
             ..Options::default()
         })
     }

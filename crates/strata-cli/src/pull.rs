@@ -24,6 +24,9 @@ pub struct Pulled {
     pub extracted: usize,
     /// Compressed bytes fetched.
     pub fetched_bytes: u64,
+    /// The mirror that served each fetched layer (by blob digest); layers
+    /// not here came from the origin or were in the store.
+    pub served_by: std::collections::BTreeMap<String, String>,
 }
 
 /// The layer crate's compression for a layer media type (the two crates do
@@ -51,6 +54,8 @@ pub fn store_name(image: &ImageRef) -> String {
 struct Extracted {
     tmp: TmpLayer,
     summary: Summary,
+    /// The mirror that served the blob, if one did.
+    served_by: Option<String>,
 }
 
 /// Pulls `image` into the store unless every layer is there already.
@@ -80,6 +85,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
                 name,
                 extracted: 0,
                 fetched_bytes: 0,
+                served_by: std::collections::BTreeMap::new(),
             });
         }
     }
@@ -117,11 +123,19 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
 
     // Bottom up: fix up against the layers below, then commit.
     let mut results = results.into_iter();
+    let mut served = std::collections::BTreeMap::new();
     for (i, chain) in chains.iter().enumerate() {
         if !missing.contains(&i) {
             continue;
         }
-        let Extracted { tmp, mut summary } = results.next().expect("one result per missing layer");
+        let Extracted {
+            tmp,
+            mut summary,
+            served_by,
+        } = results.next().expect("one result per missing layer");
+        if let Some(host) = served_by {
+            served.insert(layers[i].descriptor.digest().to_string(), host);
+        }
         let lowers: Vec<std::path::PathBuf> = chains[..i]
             .iter()
             .rev()
@@ -174,6 +188,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
         name,
         extracted: missing.len(),
         fetched_bytes,
+        served_by: served,
     })
 }
 
@@ -232,8 +247,8 @@ fn extract_one(
     let bar = ctx
         .progress
         .layer(short(descriptor.digest().as_ref()), descriptor.size());
-    let stream = source
-        .blob(descriptor, &format!("layer {index}"))
+    let (stream, served_by) = source
+        .blob_served(descriptor, &format!("layer {index}"))
         .with_context(|| format!("fetching {what}"))?;
     // With --keep-blobs the compressed bytes are also written to the store
     // as they pass; the blob is kept only once the stream verified.
@@ -243,27 +258,48 @@ fn extract_one(
         .then(|| store.begin_blob())
         .transpose()?;
     let mut tee = Tee::new(bar.wrap(stream), kept.as_ref().map(|b| b.path()))?;
-    let summary = strata_layer::extract(
+    let extracted = strata_layer::extract(
         &mut tee,
         layer_compression(descriptor.media_type().as_ref()),
         Some(layer.diff_id.as_ref()),
         &tmp.diff(),
         options,
-    )
-    .with_context(|| format!("extracting {what}"))?;
+    );
+    let summary = match extracted {
+        Ok(summary) => summary,
+        Err(e) => {
+            // A tar that breaks off may be the first sign of bytes that do
+            // not match their digest: read the rest, and if they do not,
+            // that is the story (exit 4, the host named), not the tar.
+            if let Err(drained) = std::io::copy(&mut tee, &mut std::io::sink())
+                && strata_registry::integrity_error(&drained).is_some()
+            {
+                return Err(anyhow::Error::new(drained).context(format!("fetching {what}")));
+            }
+            return Err(anyhow::Error::new(e).context(format!("extracting {what}")));
+        }
+    };
     tee.finish()
         .with_context(|| format!("keeping the blob of {what}"))?;
     if let Some(blob) = kept {
         blob.commit(descriptor.digest().as_ref())?;
     }
     bar.finish();
+    let from = served_by
+        .as_ref()
+        .map(|h| format!(" (from mirror {h})"))
+        .unwrap_or_default();
     ctx.progress.line(&format!(
-        "layer {index} {} extracted: {} entries, {}",
+        "layer {index} {} extracted: {} entries, {}{from}",
         short(descriptor.digest().as_ref()),
         summary.entries,
         human_bytes(summary.bytes)
     ));
-    Ok(Extracted { tmp, summary })
+    Ok(Extracted {
+        tmp,
+        summary,
+        served_by,
+    })
 }
 
 /// The reference to fetch an image's blobs from again later: as pulled,

@@ -95,6 +95,7 @@ pub fn send(
         .last()
         .ok_or_else(|| anyhow!("nothing to send: no manifest"))?;
     let name = destination.reference().to_string();
+    destination.check_top(top)?;
     let threads = ctx
         .jobs()
         .min(destination.max_parallel())

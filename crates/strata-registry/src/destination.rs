@@ -16,7 +16,7 @@ use crate::local::{DockerArchiveWriter, OciLayoutWriter};
 use crate::manifest::RawManifest;
 use crate::options::Options;
 use crate::reference::{ArchiveImage, ImageRef, Reference};
-use crate::remote::{Access, Remote};
+use crate::remote::Access;
 use crate::{Error, Result};
 
 /// Opens a blob's bytes when the destination lacks them. Called again when
@@ -120,8 +120,8 @@ impl ImageDestination {
         writing: &DestinationOptions,
     ) -> Result<Self> {
         let sink: Box<dyn Destination> = match reference {
-            ImageRef::Registry(r) => Box::new(Remote::open(
-                r.clone(),
+            ImageRef::Registry(r) => Box::new(crate::remote::open_destination(
+                r,
                 options,
                 Access::Push {
                     mount_from: writing.mount_from.clone(),
@@ -230,6 +230,25 @@ impl ImageDestination {
         Ok(BlobOutcome::Uploaded)
     }
 
+    /// Checks, before anything is sent, that `top` is what the destination
+    /// may name: a destination pinned to a digest takes only that image.
+    ///
+    /// # Errors
+    /// [`Error::DigestMismatch`] naming the destination.
+    pub fn check_top(&self, top: &RawManifest) -> Result<()> {
+        if let ImageRef::Registry(r) = &self.reference
+            && let Some(pinned) = &r.digest
+            && pinned != &top.digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("destination {} (pinned to a digest)", self.reference),
+                expected: pinned.to_string(),
+                actual: top.digest.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Stores a manifest by digest; the top one (`top`) also under the
     /// destination's tag. Call children before their index, and only once
     /// every blob they name is in.
@@ -241,16 +260,8 @@ impl ImageDestination {
             ImageRef::Registry(r) if top => r.digest.is_none().then(|| r.manifest_reference()),
             _ => None,
         };
-        if let ImageRef::Registry(r) = &self.reference
-            && top
-            && let Some(pinned) = &r.digest
-            && pinned != &manifest.digest
-        {
-            return Err(Error::DigestMismatch {
-                what: format!("destination {}", self.reference),
-                expected: pinned.to_string(),
-                actual: manifest.digest.to_string(),
-            });
+        if top {
+            self.check_top(manifest)?;
         }
         self.sink
             .put_manifest(manifest, tag.as_deref().unwrap_or(manifest.digest.as_ref()))

@@ -201,6 +201,28 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A blob upload kept breaking off and ran out of fresh starts.
+    #[error("uploading {what} failed {attempts} times from the first byte; the last time: {last}")]
+    UploadFailed {
+        /// The blob and where it was going.
+        what: String,
+        /// How many uploads were started.
+        attempts: u32,
+        /// Why the last one ended.
+        last: String,
+    },
+
+    /// The registry configuration blocks the reference.
+    #[error("{reference} is blocked by the [[registry]] prefix {prefix:?} in {}", file.display())]
+    Blocked {
+        /// The image.
+        reference: String,
+        /// The entry's prefix.
+        prefix: String,
+        /// The registries.conf file.
+        file: PathBuf,
+    },
+
     /// A registry refused to store what was sent, for a reason the user's
     /// operator must address (too large, out of storage).
     #[error("{registry} refused the write: {detail}")]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Credentials;
+use crate::hosts::HostConfig;
 
 /// When to speak plain HTTP to a registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub struct Options {
     pub stall_timeout: Duration,
     /// Fetch foreign (non-distributable) layers from their `urls`.
     pub foreign_urls: bool,
+    /// Mirrors, pull-through caches and rewrites (registries.conf,
+    /// hosts.toml), read once by the caller. Default: none.
+    pub hosts: HostConfig,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             stall_timeout: Duration::from_secs(60),
             foreign_urls: false,
+            hosts: HostConfig::default(),
         }
     }
 }

@@ -11,9 +11,11 @@ use crate::manifest::{MAX_CONFIG_BYTES, Parsed, RawManifest, check_layers};
 use crate::options::Options;
 use crate::platform::{Platform, choose};
 use crate::reference::ImageRef;
-use crate::remote::{Access, Remote};
 use crate::transport::Transport;
 use crate::{Error, Result};
+
+/// A blob's bytes, verified as they are read.
+pub type BlobStream = VerifiedReader<Box<dyn Read + Send>>;
 
 /// An opened image source: a registry repository, an OCI layout (directory or
 /// tar) or a `docker save` archive. Safe to share across threads, so that
@@ -92,7 +94,7 @@ impl ImageSource {
     /// or malformed file.
     pub fn open(reference: &ImageRef, options: &Options) -> Result<Self> {
         let transport: Box<dyn Transport> = match reference {
-            ImageRef::Registry(r) => Box::new(Remote::open(r.clone(), options, Access::Pull)?),
+            ImageRef::Registry(r) => crate::remote::open_source(r, options)?,
             ImageRef::OciDir { path, tag } => Box::new(OciLayout::open_dir(path, tag.clone())?),
             ImageRef::OciArchive { path, tag } => {
                 Box::new(OciLayout::open_archive(path, tag.clone())?)
@@ -211,18 +213,34 @@ impl ImageSource {
     ///
     /// # Errors
     /// When the blob cannot be opened. Later errors come from `read`.
-    pub fn blob(
+    pub fn blob(&self, descriptor: &Descriptor, what: &str) -> Result<BlobStream> {
+        self.blob_served(descriptor, what).map(|(r, _)| r)
+    }
+
+    /// As [`ImageSource::blob`], and the mirror that serves it, if one
+    /// does (a mismatch names it too).
+    ///
+    /// # Errors
+    /// As [`ImageSource::blob`].
+    pub fn blob_served(
         &self,
         descriptor: &Descriptor,
         what: &str,
-    ) -> Result<VerifiedReader<Box<dyn Read + Send>>> {
+    ) -> Result<(BlobStream, Option<String>)> {
         check_digest(descriptor.digest())?;
-        let inner = self.transport.blob(descriptor)?;
-        Ok(VerifiedReader::new(
-            inner,
-            format!("{what} of {}", self.transport.describe()),
-            descriptor.digest().clone(),
-            descriptor.size(),
+        let (inner, host) = self.transport.blob_served(descriptor)?;
+        let served = host
+            .as_ref()
+            .map(|h| format!(" served by mirror {h}"))
+            .unwrap_or_default();
+        Ok((
+            VerifiedReader::new(
+                inner,
+                format!("{what} of {}{served}", self.transport.describe()),
+                descriptor.digest().clone(),
+                descriptor.size(),
+            ),
+            host,
         ))
     }
 }

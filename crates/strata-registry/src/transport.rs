@@ -20,6 +20,14 @@ pub(crate) trait Transport: Send + Sync {
     fn manifest(&self, descriptor: &Descriptor) -> Result<RawManifest>;
     /// A blob's bytes, not yet verified.
     fn blob(&self, descriptor: &Descriptor) -> Result<Box<dyn Read + Send>>;
+    /// A blob's bytes, not yet verified, and the host that served them
+    /// when that is worth naming (a mirror's).
+    fn blob_served(
+        &self,
+        descriptor: &Descriptor,
+    ) -> Result<(Box<dyn Read + Send>, Option<String>)> {
+        Ok((self.blob(descriptor)?, None))
+    }
     /// The digest of what the reference names, if it can be had cheaply
     /// (a registry's `HEAD`); `None` otherwise.
     fn top_digest(&self) -> Result<Option<Digest>> {

@@ -82,7 +82,26 @@ pub fn strata() -> Command {
         .env_remove("REGISTRY_AUTH_FILE")
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("STRATA_CREDS")
+        // The host's mirror configuration stays out; a test names its own.
+        .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
+        .env("STRATA_HOSTS_DIR", "")
         .env_remove("STRATA_LOG");
+    cmd
+}
+
+/// `skopeo`, with an auth file of its own: the user's (or a root-only
+/// `/run/containers`) never decides a test.
+pub fn skopeo() -> Command {
+    require_tool("skopeo", "skopeo");
+    static AUTH: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = AUTH.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("auth.json"), b"{}").unwrap();
+        dir
+    });
+    let mut cmd = Command::new("skopeo");
+    cmd.env("REGISTRY_AUTH_FILE", dir.path().join("auth.json"))
+        .env_remove("XDG_RUNTIME_DIR");
     cmd
 }
 

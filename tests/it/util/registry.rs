@@ -45,6 +45,23 @@ impl Registry {
     }
 
     pub fn start(auth: Auth<'_>, tls: Option<&TestTls>) -> Self {
+        Self::start_with(auth, tls, "")
+    }
+
+    /// A pull-through cache of `origin` (distribution's proxy mode), with
+    /// the origin's credentials when it has them.
+    pub fn pull_through(origin: &Registry, creds: Option<(&str, &str)>) -> Self {
+        let creds = creds
+            .map(|(u, p)| format!("  username: {u}\n  password: {p}\n"))
+            .unwrap_or_default();
+        Self::start_with(
+            Auth::None,
+            None,
+            &format!("proxy:\n  remoteurl: http://{}\n{creds}", origin.addr),
+        )
+    }
+
+    fn start_with(auth: Auth<'_>, tls: Option<&TestTls>, extra_yaml: &str) -> Self {
         require_tool("docker-registry", "docker-registry");
         require_tool("skopeo", "skopeo");
         let dir = tempfile::tempdir().unwrap();
@@ -82,7 +99,7 @@ impl Registry {
             )
         });
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}{extra_yaml}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -163,7 +180,7 @@ impl Registry {
     /// Copies `source` (a skopeo reference such as `oci:DIR:TAG`) to `name`
     /// in this registry, every platform included.
     pub fn push(&self, source: &str, name: &str) {
-        let mut cmd = Command::new("skopeo");
+        let mut cmd = super::skopeo();
         cmd.args(["copy", "--all", "--quiet", "--dest-tls-verify=false"]);
         if let Some(c) = &self.push_creds {
             cmd.args(["--dest-creds", c]);

@@ -30,6 +30,7 @@ pub fn run(args: &PullArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             "layers": pulled.record.layers.iter().map(|l| serde_json::json!({
                 "digest": l.digest, "diff_id": l.diff_id, "chain_id": l.chain_id,
                 "size": l.size, "path": store.layer_dir(&l.chain_id),
+                "served_by": pulled.served_by.get(&l.digest),
             })).collect::<Vec<_>>(),
             "extracted": pulled.extracted,
             "fetched_bytes": pulled.fetched_bytes,

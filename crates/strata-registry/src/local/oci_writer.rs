@@ -13,6 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use oci_spec::image::{Descriptor, DescriptorBuilder, ImageIndex, ImageIndexBuilder, MediaType};
 
@@ -55,32 +56,53 @@ fn hex_of(descriptor: &Descriptor) -> Result<String> {
 
 impl OciLayoutWriter {
     /// A layout directory: created when missing; an existing one must be a
-    /// layout already (strata does not write into other directories).
+    /// layout already (strata does not write into other directories), and
+    /// its `blobs/` and `blobs/sha256/` real directories, not symlinks
+    /// (which would send the blobs elsewhere). Temp files a killed writer
+    /// left are removed.
     pub(crate) fn dir(path: &Path, tag: Option<String>) -> Result<Self> {
         let not_layout = |detail: String| Error::InvalidLayout {
             path: path.to_owned(),
             format: FORMAT,
             detail,
         };
-        match fs::read_dir(path) {
-            Ok(mut entries) => {
-                if entries.next().is_some() && !path.join("oci-layout").exists() {
-                    return Err(not_layout(
-                        "it is a directory with other files and no oci-layout; name an empty or new directory, or an existing layout".into(),
-                    ));
-                }
-            }
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() || m.file_type().is_symlink() => {}
+            Ok(_) => return Err(not_layout("it is a file, not a directory".into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(path).map_err(io_error(path))?;
             }
             Err(e) => return Err(io_error(path)(e)),
         }
-        let blobs = path.join("blobs/sha256");
-        fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
+        // One writer at a time sets a layout up or rewrites its index.
+        let _lock = lock_dir(path)?;
         let marker = path.join("oci-layout");
         if !marker.exists() {
-            fs::write(&marker, LAYOUT).map_err(io_error(&marker))?;
+            let mut entries = fs::read_dir(path).map_err(io_error(path))?;
+            if entries.next().is_some() {
+                return Err(not_layout(
+                    "it is a directory with other files and no oci-layout; name an empty or new directory, or an existing layout".into(),
+                ));
+            }
+            write_new(&marker, LAYOUT).map_err(io_error(&marker))?;
         }
+        for dir in [path.join("blobs"), path.join("blobs/sha256")] {
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(not_layout(format!(
+                        "{} is a symlink or a file, not a directory; strata writes blobs only inside the layout",
+                        dir.display()
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&dir).map_err(io_error(&dir))?;
+                }
+                Err(e) => return Err(io_error(&dir)(e)),
+            }
+        }
+        remove_stale_temps(&path.join("blobs/sha256"));
+        remove_stale_temps(path);
         Ok(Self {
             target: Target::Dir(path.to_owned()),
             name: with_tag(format!("oci:{}", path.display()), tag.as_deref()),
@@ -113,11 +135,10 @@ impl OciLayoutWriter {
         match &self.target {
             Target::Dir(root) => {
                 let dest = root.join("blobs/sha256").join(hex);
-                let tmp = root
-                    .join("blobs/sha256")
-                    .join(format!(".{hex}.tmp-{}", std::process::id()));
+                let tmp = root.join("blobs/sha256").join(temp_name(hex));
+                let created = create_new(&tmp).map_err(io_error(&tmp))?;
                 let result = (|| {
-                    let mut file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+                    let mut file = BufWriter::with_capacity(1 << 20, created);
                     io::copy(data, &mut file)?;
                     file.into_inner()
                         .map_err(io::IntoInnerError::into_error)?
@@ -162,8 +183,9 @@ impl OciLayoutWriter {
     /// `index.json` with `top` added under the tag, replacing what had
     /// that tag (or, untagged, the same digest without one).
     fn index_with(&self, top: &RawManifest) -> Result<Vec<u8>> {
-        let mut entries: Vec<Descriptor> = self
-            .existing_index()?
+        let existing = self.existing_index()?;
+        let mut entries: Vec<Descriptor> = existing
+            .as_ref()
             .map(|i| i.manifests().clone())
             .unwrap_or_default();
         entries.retain(|d| {
@@ -189,19 +211,87 @@ impl OciLayoutWriter {
             format: FORMAT,
             detail: format!("building its index entry: {e}"),
         })?);
-        let index = ImageIndexBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageIndex)
-            .manifests(entries)
-            .build()
-            .map_err(|e| Error::InvalidLayout {
-                path: PathBuf::from(&self.name),
-                format: FORMAT,
-                detail: format!("building index.json: {e}"),
-            })?;
+        // An existing index keeps what else it says (its annotations).
+        let index = match existing {
+            Some(mut index) => {
+                index.set_manifests(entries);
+                index
+            }
+            None => ImageIndexBuilder::default()
+                .schema_version(2u32)
+                .media_type(MediaType::ImageIndex)
+                .manifests(entries)
+                .build()
+                .map_err(|e| Error::InvalidLayout {
+                    path: PathBuf::from(&self.name),
+                    format: FORMAT,
+                    detail: format!("building index.json: {e}"),
+                })?,
+        };
         serde_json::to_vec(&index)
             .map_err(|e| Error::json(format!("index.json of {}", self.name), e))
     }
+}
+
+/// `.NAME.tmp-PID-N`: unique in this process, and telling which process
+/// left it.
+fn temp_name(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a file that must not exist yet (`O_EXCL`: a planted symlink is
+/// an error, never followed).
+fn create_new(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    match create_new(path) {
+        Ok(mut f) => f.write_all(bytes),
+        // Another writer made it meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An exclusive lock on the layout directory (`flock` on its descriptor),
+/// held while the value lives.
+fn lock_dir(path: &Path) -> Result<File> {
+    let dir = File::open(path).map_err(io_error(path))?;
+    dir.lock().map_err(io_error(path))?;
+    Ok(dir)
+}
+
+/// Removes `.NAME.tmp-PID-N` files whose process is gone (a killed copy's).
+pub(super) fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = stale_pid(name) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The PID in a temp name strata writes (`.X.tmp-PID` or `.X.tmp-PID-N`).
+pub(super) fn stale_pid(name: &str) -> Option<u32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (_, rest) = name.rsplit_once(".tmp-")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 fn with_tag(name: String, tag: Option<&str>) -> String {
@@ -241,6 +331,13 @@ impl Destination for OciLayoutWriter {
     }
 
     fn put_manifest(&self, manifest: &RawManifest, _reference: &str) -> Result<()> {
+        if manifest.media_type.starts_with("application/vnd.docker.") {
+            tracing::warn!(
+                destination = %self.name,
+                media_type = %manifest.media_type,
+                "the image keeps its Docker manifest (and so its digest); skopeo, podman and umoci read only OCI manifests from an OCI layout: for them, write docker-archive: or to a registry"
+            );
+        }
         let hex = manifest.digest.digest().to_owned();
         let exists = match &self.target {
             Target::Dir(root) => root.join("blobs/sha256").join(&hex).is_file(),
@@ -262,13 +359,16 @@ impl Destination for OciLayoutWriter {
 
     fn finish(&self, top: Option<&RawManifest>) -> Result<()> {
         let Some(top) = top else { return Ok(()) };
-        let index = self.index_with(top)?;
         match &self.target {
             Target::Dir(root) => {
+                // Read, change and replace index.json under the layout's
+                // lock: two copies into one layout both keep their tags.
+                let _lock = lock_dir(root)?;
+                let index = self.index_with(top)?;
                 let path = root.join("index.json");
-                let tmp = root.join(format!(".index.json.tmp-{}", std::process::id()));
+                let tmp = root.join(temp_name("index.json"));
+                let mut file = create_new(&tmp).map_err(io_error(&tmp))?;
                 let result = (|| {
-                    let mut file = File::create(&tmp)?;
                     file.write_all(&index)?;
                     file.sync_all()?;
                     fs::rename(&tmp, &path)
@@ -279,6 +379,7 @@ impl Destination for OciLayoutWriter {
                 })
             }
             Target::Archive { file, .. } => {
+                let index = self.index_with(top)?;
                 file.append(
                     "index.json",
                     index.len() as u64,

@@ -23,26 +23,47 @@ pub(crate) struct ArchiveFile {
 
 impl ArchiveFile {
     pub(crate) fn create(path: &Path, format: &'static str) -> Result<Self> {
-        let file_name = path.file_name().ok_or_else(|| Error::InvalidLayout {
+        let invalid = |detail: String| Error::InvalidLayout {
             path: path.to_owned(),
             format,
-            detail: "it names no file".into(),
-        })?;
+            detail,
+        };
+        let file_name = match path.file_name() {
+            Some(n) if !path.as_os_str().to_string_lossy().ends_with('/') => n,
+            _ => {
+                return Err(invalid(
+                    "it names a directory; name the archive file".into(),
+                ));
+            }
+        };
+        if path.is_dir() {
+            return Err(invalid("it is a directory; name the archive file".into()));
+        }
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
+        if !parent.is_dir() {
+            return Err(invalid(format!(
+                "its directory {} does not exist",
+                parent.display()
+            )));
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = parent.join(format!(
-            ".{}.tmp-{}",
+            ".{}.tmp-{}-{}",
             file_name.to_string_lossy(),
-            std::process::id()
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        remove_stale_archives(&parent, &file_name.to_string_lossy());
+        // O_EXCL: a symlink planted at the temp name is an error, never
+        // followed.
         let file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
+            .map_err(|e| invalid(format!("creating {}: {e}", tmp.display())))?;
         let owner = {
             use std::os::unix::fs::MetadataExt as _;
             let meta = file.metadata().map_err(|e| Error::io(&tmp, e))?;
@@ -169,6 +190,27 @@ impl Drop for ArchiveFile {
     fn drop(&mut self) {
         if !*self.finished.lock().expect("lock") {
             let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes the temp files of `name` a killed writer left beside it.
+fn remove_stale_archives(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp-");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if !file.starts_with(&prefix) {
+            continue;
+        }
+        let Some(pid) = super::oci_writer::stale_pid(file) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }

@@ -4,8 +4,10 @@ use std::io::Read;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing::warn;
 
+use crate::hosts::Endpoint;
 use crate::options::Options;
 use crate::{Error, Result};
 
@@ -46,14 +48,48 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The HTTP client. `system_roots` adds the system's CA bundle (a file read
 /// and ~150 certificates parsed): a plain-HTTP loopback registry skips it.
-pub(crate) fn build_client(opts: &Options, system_roots: bool) -> Result<Client> {
+///
+/// `endpoint` adds what the host configuration says of this host (its CA
+/// files, client certificate, headers, `insecure`); `stall` bounds the
+/// connect and each wait for bytes (short for a mirror).
+pub(crate) fn build_client(
+    opts: &Options,
+    endpoint: &Endpoint,
+    stall: Duration,
+    system_roots: bool,
+) -> Result<Client> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &endpoint.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::ClientSetup {
+            detail: format!("header name {name:?} configured for {}", endpoint.host),
+            source: None,
+        })?;
+        let value = HeaderValue::from_str(value).map_err(|_| Error::ClientSetup {
+            detail: format!("header value {value:?} configured for {}", endpoint.host),
+            source: None,
+        })?;
+        headers.append(name, value);
+    }
     let mut builder = Client::builder()
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
+        .connect_timeout(stall.min(Duration::from_secs(30)))
         // In the blocking client this bounds the wait for headers and for each
         // read of the body: a stalled connection fails instead of hanging.
-        .timeout(opts.stall_timeout)
-        .danger_accept_invalid_certs(opts.insecure);
+        .timeout(stall)
+        .default_headers(headers)
+        .danger_accept_invalid_certs(opts.insecure || endpoint.insecure);
+    if let Some((cert, key)) = &endpoint.client {
+        let mut pem = std::fs::read(cert).map_err(|e| Error::io(cert, e))?;
+        if let Some(key) = key {
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| Error::io(key, e))?);
+        }
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| Error::ClientSetup {
+            detail: format!("{} is not a PEM certificate and key", cert.display()),
+            source: Some(e),
+        })?;
+        builder = builder.identity(identity);
+    }
     // Mozilla's roots are compiled in (webpki-roots); the system's bundle is
     // one file read, not the hundreds a certificate directory scan costs.
     let system_bundle = std::env::var_os("SSL_CERT_FILE")
@@ -74,7 +110,7 @@ pub(crate) fn build_client(opts: &Options, system_roots: bool) -> Result<Client>
             }
         }
     }
-    for path in &opts.ca_files {
+    for path in opts.ca_files.iter().chain(&endpoint.ca_files) {
         let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let certs =
             reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::ClientSetup {

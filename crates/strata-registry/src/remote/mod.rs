@@ -13,6 +13,7 @@
 
 mod body;
 mod client;
+mod mirrored;
 mod retry;
 mod token;
 mod upload;
@@ -30,6 +31,7 @@ use tracing::{debug, info_span, warn};
 use crate::auth;
 use crate::auth::Credentials;
 use crate::digest::{check_digest, verify_bytes};
+use crate::hosts::Endpoint;
 use crate::manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, RawManifest, is_foreign_layer};
 use crate::options::{Options, PlainHttp, RetryPolicy};
 use crate::reference::Reference;
@@ -49,7 +51,16 @@ struct Inner {
     answered: AtomicBool,
     reference: Reference,
     http: Client,
+    /// `scheme://host`.
     base: String,
+    /// Where the API is: `scheme://host/v2` unless configured otherwise.
+    api_root: String,
+    /// `?ns=ORIGIN` on a mirror's requests; empty for the origin.
+    query: String,
+    /// Whether this host is a mirror (messages say so).
+    mirror: bool,
+    /// Whether it may be asked for tags (the probe asks `/v2/` if not).
+    resolve: bool,
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
     access: Access,
@@ -71,31 +82,64 @@ impl Remote {
     /// handshake and a second try. A TLS server answers that with 400 (Go's
     /// "client sent an HTTP request to an HTTPS server") or hangs up; then
     /// HTTPS is used, and its failure (e.g. an untrusted CA) is the story.
-    pub(crate) fn open(reference: Reference, opts: &Options, access: Access) -> Result<Self> {
-        let host = reference.api_host().to_owned();
+    pub(crate) fn open(endpoint: &Endpoint, opts: &Options, access: Access) -> Result<Self> {
+        let reference = endpoint.reference.clone();
+        let host = endpoint.host.clone();
         let _span =
             info_span!("registry", host = %host, repository = %reference.repository).entered();
-        let creds = match &opts.creds {
-            Some(c) => Some(c.clone()),
-            None => auth::lookup(&opts.auth_files, &reference.registry, &reference.repository)?,
+        // `--creds` are the origin's; a mirror gets only what the auth
+        // files hold for its own name.
+        let creds = match (&opts.creds, endpoint.is_mirror()) {
+            (Some(c), false) => Some(c.clone()),
+            _ => auth::lookup(&opts.auth_files, &reference.registry, &reference.repository)?,
         };
-        let schemes: &[&str] = match (opts.plain_http, reference.is_loopback()) {
-            (PlainHttp::Always, _) => &["http"],
-            (PlainHttp::Auto, true) => &["http", "https"],
-            (PlainHttp::Auto | PlainHttp::Never, _) => &["https"],
+        let schemes: &[&str] = match (
+            endpoint.scheme,
+            opts.plain_http,
+            reference.is_loopback(),
+            endpoint.insecure,
+        ) {
+            (Some("http"), ..) => &["http"],
+            (Some(_), ..) => &["https"],
+            (None, PlainHttp::Always, ..) => &["http"],
+            (None, PlainHttp::Auto, true, _) => &["http", "https"],
+            (None, PlainHttp::Auto, false, true) => &["https", "http"],
+            (None, PlainHttp::Auto | PlainHttp::Never, ..) => &["https"],
         };
+        // A mirror is asked once, briefly: one that fails is passed over.
+        let (retry, stall) = if endpoint.is_mirror() {
+            (
+                RetryPolicy {
+                    attempts: 1,
+                    resumes: opts.retry.resumes.min(2),
+                    ..opts.retry.clone()
+                },
+                opts.hosts.mirror_timeout(),
+            )
+        } else {
+            (opts.retry.clone(), opts.stall_timeout)
+        };
+        let query = endpoint
+            .mirror_of
+            .as_ref()
+            .map(|origin| format!("?ns={origin}"))
+            .unwrap_or_default();
         let mut http_error = None;
         for scheme in schemes {
             let remote = Self(Arc::new(Inner {
                 head: Mutex::new(None),
                 answered: AtomicBool::new(false),
                 reference: reference.clone(),
-                http: build_client(opts, *scheme == "https")?,
+                http: build_client(opts, endpoint, stall, *scheme == "https")?,
                 base: format!("{scheme}://{host}"),
+                api_root: format!("{scheme}://{host}{}", endpoint.api_path),
+                query: query.clone(),
+                mirror: endpoint.is_mirror(),
+                resolve: endpoint.resolve,
                 creds: creds.clone(),
                 auth: Mutex::new(AuthState::Anonymous),
                 access: access.clone(),
-                retry: opts.retry.clone(),
+                retry: retry.clone(),
                 foreign_urls: opts.foreign_urls,
             }));
             let last = *scheme == schemes[schemes.len() - 1];
@@ -127,11 +171,18 @@ impl Remote {
     }
 
     fn url(&self, tail: &str) -> String {
-        format!("{}/v2/{}/{tail}", self.0.base, self.0.reference.repository)
+        format!(
+            "{}/{}/{tail}{}",
+            self.0.api_root, self.0.reference.repository, self.0.query
+        )
     }
 
     fn describe(&self) -> String {
-        self.0.reference.to_string()
+        if self.0.mirror {
+            format!("mirror {}", self.0.reference)
+        } else {
+            self.0.reference.to_string()
+        }
     }
 
     /// The first request: `HEAD` of the tag's manifest, which tells the
@@ -141,7 +192,7 @@ impl Remote {
     /// Anything else (a pinned digest, a 404 that may hide a private
     /// repository, an odd status) asks `/v2/` as before.
     fn probe(&self, once: bool) -> Result<StatusCode> {
-        if self.0.reference.digest.is_some() {
+        if self.0.reference.digest.is_some() || !self.0.resolve {
             return self.ping(once);
         }
         let url = self.url(&format!(
@@ -172,7 +223,7 @@ impl Remote {
 
     /// `GET /v2/`: 200 means anonymous; 401 carries the challenge.
     fn ping(&self, once: bool) -> Result<StatusCode> {
-        let url = format!("{}/v2/", self.0.base);
+        let url = format!("{}/", self.0.api_root);
         let response = if once {
             self.send_once("GET", &url, || self.0.http.get(&url))?
         } else {
@@ -257,6 +308,34 @@ impl Remote {
         })?;
         Ok(response)
     }
+}
+
+/// Opens a registry repository for reading, through the mirrors the host
+/// configuration gives it (lazily, each when first needed), or directly
+/// (at once, so that a wrong name or a dead registry fails here).
+pub(crate) fn open_source(reference: &Reference, opts: &Options) -> Result<Box<dyn Transport>> {
+    let plan = opts.hosts.plan(reference)?;
+    match plan.endpoints.as_slice() {
+        [only] if !only.is_mirror() => Ok(Box::new(Remote::open(only, opts, Access::Pull)?)),
+        _ => Ok(Box::new(mirrored::Mirrored::new(reference, plan, opts))),
+    }
+}
+
+/// Opens a registry repository for writing: the origin the host
+/// configuration rewrites the reference to (mirrors are for reading), or
+/// the reference's own registry.
+pub(crate) fn open_destination(
+    reference: &Reference,
+    opts: &Options,
+    access: Access,
+) -> Result<Remote> {
+    let plan = opts.hosts.plan(reference)?;
+    let origin = plan
+        .endpoints
+        .iter()
+        .find(|e| !e.is_mirror())
+        .expect("a plan ends with its origin");
+    Remote::open(origin, opts, access)
 }
 
 impl Transport for Remote {

@@ -32,13 +32,26 @@ use crate::{Error, Result};
 pub(crate) const CHUNK: usize = 8 << 20;
 
 impl Remote {
-    /// An absolute URL for a `Location` header, which may be relative.
-    fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_owned()
-        } else {
-            format!("{}{}", self.0.base, location)
-        }
+    /// An absolute URL for a `Location` header, which may be relative: it
+    /// is resolved against the URL of the request it answered (RFC 3986),
+    /// as a browser would.
+    fn absolute(location: &str, request_url: &str, method: &'static str) -> Result<String> {
+        let base = reqwest::Url::parse(request_url).map_err(|e| Error::Status {
+            method,
+            url: request_url.to_owned(),
+            status: 0,
+            body: format!("the request URL does not parse: {e}"),
+        })?;
+        base.join(location)
+            .map(String::from)
+            .map_err(|e| Error::Status {
+                method,
+                url: request_url.to_owned(),
+                status: 0,
+                body: format!(
+                    "the registry answered with Location {location:?}, which is no URL: {e}"
+                ),
+            })
     }
 
     /// Whether a URL is on this registry's origin: only then does a request
@@ -63,18 +76,21 @@ impl Remote {
         }
     }
 
-    fn location(&self, response: &Response, url: &str) -> Result<String> {
+    /// Where an upload goes on: the answer's `Location`, resolved
+    /// against `url`, the request that got it.
+    fn location(response: &Response, method: &'static str, url: &str) -> Result<String> {
         let location = response
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Error::Status {
-                method: "POST",
+                method,
                 url: url.to_owned(),
                 status: response.status().as_u16(),
-                body: "the registry started an upload but sent no Location header".into(),
+                body: "the registry answered without the Location header an upload goes on at"
+                    .into(),
             })?;
-        Ok(self.absolute(location))
+        Self::absolute(location, url, method)
     }
 
     /// Turns a refusal of a write into the error a user can act on:
@@ -127,7 +143,7 @@ impl Remote {
                 response,
             ));
         }
-        self.location(&response, &url)
+        Self::location(&response, "POST", &url)
     }
 
     /// How many bytes an upload session holds (`GET <location>`, `Range:
@@ -146,9 +162,8 @@ impl Remote {
                 response.status()
             ));
         }
-        let location = self
-            .location(&response, location)
-            .unwrap_or_else(|_| location.to_owned());
+        let location =
+            Self::location(&response, "GET", location).unwrap_or_else(|_| location.to_owned());
         let end = response
             .headers()
             .get("range")
@@ -193,6 +208,13 @@ impl Remote {
                     .finish(&location, &digest, what, chunk)
                     .map_err(UploadError::from_finish);
             }
+            if chunk.is_empty() {
+                // The blob ended on a chunk boundary: nothing is left to
+                // PATCH (an empty range would be an inverted one).
+                return self
+                    .finish(&location, &digest, what, Bytes::new())
+                    .map_err(UploadError::from_finish);
+            }
             location = self.patch(&location, offset, chunk.clone(), what)?;
             offset += chunk.len() as u64;
             if last {
@@ -215,6 +237,7 @@ impl Remote {
         let mut location = location.to_owned();
         let mut sent_from = 0usize;
         let mut breaks = 0u32;
+        let mut refreshed = false;
         loop {
             let part = chunk.slice(sent_from..);
             let start = offset + sent_from as u64;
@@ -223,7 +246,14 @@ impl Remote {
             let result = self.send_patch_once(&url, start, end, part);
             match result {
                 Ok(response) if response.status() == StatusCode::ACCEPTED => {
-                    return self.location(&response, &url).map_err(UploadError::Fatal);
+                    return Self::location(&response, "PATCH", &url).map_err(UploadError::Fatal);
+                }
+                // A token that expired during a long upload: take the new
+                // challenge, get a fresh token once, send the chunk again.
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !refreshed => {
+                    refreshed = true;
+                    self.take_challenge(&response).map_err(UploadError::Fatal)?;
+                    continue;
                 }
                 Ok(response) if matches!(response.status().as_u16(), 401 | 403 | 413 | 507) => {
                     return Err(UploadError::Fatal(self.write_error(
@@ -394,7 +424,7 @@ impl Destination for Remote {
             StatusCode::CREATED => Ok(Mount::Mounted),
             // Not mountable (not there, or no access to `from`): the
             // registry opened an ordinary upload instead.
-            StatusCode::ACCEPTED => Ok(Mount::Upload(self.location(&response, &url)?)),
+            StatusCode::ACCEPTED => Ok(Mount::Upload(Self::location(&response, "POST", &url)?)),
             _ => Err(self.write_error(
                 &format!("mounting blob {digest} from {from}"),
                 "POST",
@@ -420,13 +450,10 @@ impl Destination for Remote {
                 Err(UploadError::Restart(why)) => {
                     restarts += 1;
                     if restarts >= self.0.retry.attempts {
-                        return Err(Error::Status {
-                            method: "PATCH",
-                            url: self.url("blobs/uploads/"),
-                            status: 0,
-                            body: format!(
-                                "the upload of {what} failed {restarts} times; last: {why}"
-                            ),
+                        return Err(Error::UploadFailed {
+                            what: what.to_owned(),
+                            attempts: restarts,
+                            last: why,
                         });
                     }
                     warn!(what, reason = %why, restart = restarts, "starting the upload over");
