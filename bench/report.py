@@ -70,5 +70,5 @@ if os.path.exists(push):
 for mode in ("cache", "origin"):
     path = os.path.join(results, f"fleet--{mode}-origin-bytes.txt")
     if os.path.exists(path):
-        n = int(open(path).read().split()[0])
+        n = float(open(path).read().split()[0])
         print(f"six nodes pulling the layered image ({'through a pull-through cache' if mode == 'cache' else 'from the origin'}): the origin served {n / 1e6:.1f} MB of blobs")
