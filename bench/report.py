@@ -9,7 +9,7 @@ import sys
 results, images = sys.argv[1], sys.argv[2].split()
 contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit",
               "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
-              "strata-commit-one-file", "strata-copy", "skopeo-copy",
+              "strata-commit-one-file", "strata-copy", "skopeo-copy", "registry-ingest",
               "fleet-cache", "fleet-origin"]
 images = images + ["commit", "transfer", "fleet"]
 
@@ -72,3 +72,7 @@ for mode in ("cache", "origin"):
     if os.path.exists(path):
         n = float(open(path).read().split()[0])
         print(f"six nodes pulling the layered image ({'through a pull-through cache' if mode == 'cache' else 'from the origin'}): the origin served {n / 1e6:.1f} MB of blobs")
+floor, skopeo = load("transfer", "registry-ingest"), load("transfer", "skopeo-copy")
+if floor is not None and skopeo is not None:
+    print(f"the destination registry's own floor (curl PUTs of every blob at once): {floor['median']:.3f} s, "
+          f"{floor['median'] / skopeo['median']:.2f} x skopeo copy")

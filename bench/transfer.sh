@@ -13,11 +13,16 @@ log: {level: error, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: $W/dest-registry}}
 http: {addr: 127.0.0.1:$DEST_PORT}
 YAML
-src=127.0.0.1:$port/bench/layered:latest
+src_host=127.0.0.1:$port
+src=$src_host/bench/layered:latest
 skopeo copy --quiet --dest-tls-verify=false "oci:$layered:latest" "docker://$src"
 dest=127.0.0.1:$DEST_PORT/copied/layered:latest
 bench transfer strata-copy "$ctl copy" "$strata -q copy $src $dest"
 bench transfer skopeo-copy "$ctl copy" "skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false docker://$src docker://$dest"
+# The destination registry's own floor: curl PUTs of every blob, all at once.
+digests=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$src_host/v2/bench/layered/manifests/latest" \
+    | python3 -c 'import json,sys; m=json.load(sys.stdin); print(" ".join([m["config"]["digest"]] + [l["digest"] for l in m["layers"]]))')
+bench transfer registry-ingest "$ctl copy" "bash $PWD/bench/ingest.sh $W/registry 127.0.0.1:$DEST_PORT $digests"
 
 # A one-file commit on the image, pushed to the repository holding its base.
 pstore=$W/push-store
