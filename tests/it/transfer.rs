@@ -811,3 +811,57 @@ fn a_layout_destination_stays_inside_itself_keeps_concurrent_tags_and_cleans_up_
     );
     assert!(err.contains("directory"), "{err}");
 }
+
+#[test]
+fn format_oci_rewrites_docker_manifests_so_skopeo_and_umoci_read_the_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = format!(
+        "docker-archive:{}",
+        real_images_dir().join("hello-world.tar").display()
+    );
+    // Without it the Docker manifest is kept, with a warning that says why
+    // the OCI tools will not read it and what to do.
+    let kept = tmp.path().join("kept");
+    let out = strata()
+        .args(["copy", &saved])
+        .arg(format!("oci:{}:hw", kept.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--format oci"), "{stderr}");
+    // With it: an OCI manifest over the same blobs.
+    let layout = tmp.path().join("layout");
+    let sent = copy_json(&[
+        "--format",
+        "oci",
+        &saved,
+        &format!("oci:{}:hw", layout.display()),
+    ]);
+    let raw = skopeo_raw(&format!("oci:{}:hw", layout.display()));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(sent["digest"], crate::util::sha256(&raw));
+    let docker: serde_json::Value =
+        serde_json::from_slice(&run_ok(strata().args(["manifest", &saved]))).unwrap();
+    assert_eq!(
+        manifest["config"]["digest"], docker["config"]["digest"],
+        "the config blob is the same"
+    );
+    let flat = tmp.path().join("flat");
+    run_ok(
+        strata()
+            .arg("--store")
+            .arg(tmp.path().join("store"))
+            .args(["flatten", &saved])
+            .arg(&flat),
+    );
+    assert_same(
+        &umoci_tree(&layout, "hw", &tmp.path().join("bundle")),
+        &manifest_with_links(&flat),
+        "umoci unpack of --format oci against strata flatten",
+    );
+}

@@ -66,6 +66,28 @@ pub struct Sent {
     pub uploaded_bytes: u64,
 }
 
+/// The manifest format to write, when not the source's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManifestFormat {
+    /// OCI image manifests and indexes (Docker ones rewritten: new manifest
+    /// digests, the same blobs), for tools that read only OCI from layouts.
+    Oci,
+}
+
+/// `manifests` in the format asked for (children first, top last).
+///
+/// # Errors
+/// A manifest that is not JSON.
+pub fn in_format(
+    manifests: &[RawManifest],
+    format: Option<ManifestFormat>,
+) -> Result<Vec<RawManifest>> {
+    Ok(match format {
+        None => manifests.to_vec(),
+        Some(ManifestFormat::Oci) => strata_registry::to_oci(manifests)?,
+    })
+}
+
 /// How strata writes destinations: `mount_from` as decided by the command,
 /// and the layer crate's decoder for `docker-archive:` (the only format
 /// that wants layers uncompressed).

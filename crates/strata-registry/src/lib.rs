@@ -29,6 +29,7 @@
 //! ```
 
 mod auth;
+mod convert;
 mod copy;
 mod destination;
 mod digest;
@@ -44,6 +45,7 @@ mod source;
 mod transport;
 
 pub use auth::{Credentials, auth_files};
+pub use convert::to_oci;
 pub use copy::{CopyPlan, PlannedBlob};
 pub use destination::{
     BlobOpener, BlobOutcome, Decompressor, DestinationOptions, ImageDestination,

@@ -7,7 +7,7 @@ use strata_registry::{ImageDestination, ImageRef};
 
 use crate::context::Context;
 use crate::output::Output;
-use crate::transfer::{BlobJob, destination_options, send};
+use crate::transfer::{BlobJob, ManifestFormat, destination_options, in_format, send};
 
 /// Copy an image between registries, OCI layouts and archives, keeping every digest
 #[derive(Debug, Args)]
@@ -22,6 +22,9 @@ pub struct CopyArgs {
     /// Copy a multi-platform index with every platform's image
     #[arg(long)]
     pub all: bool,
+    /// Write the manifests as this format (oci: Docker ones rewritten, so their digests change; the blobs stay)
+    #[arg(long, value_enum)]
+    pub format: Option<ManifestFormat>,
 }
 
 /// Runs the command.
@@ -61,7 +64,8 @@ pub fn run(args: &CopyArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             }
         })
         .collect();
-    let sent = send(ctx, destination, jobs, &plan.manifests)
+    let manifests = in_format(&plan.manifests, args.format)?;
+    let sent = send(ctx, destination, jobs, &manifests)
         .with_context(|| format!("copying {} to {}", args.source, args.destination))?;
     if ctx.store_args.json {
         out.json(&sent)

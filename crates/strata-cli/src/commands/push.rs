@@ -19,7 +19,7 @@ use strata_stack::ImageRecord;
 
 use crate::context::{Context, find_stored};
 use crate::output::Output;
-use crate::transfer::{BlobJob, Opener, destination_options, send};
+use crate::transfer::{BlobJob, ManifestFormat, Opener, destination_options, in_format, send};
 
 /// Push an image from the store to a registry or an OCI layout
 #[derive(Debug, Args)]
@@ -31,6 +31,9 @@ pub struct PushArgs {
     pub image: ImageRef,
     /// Where to: NAME[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG] [default: IMAGE as a registry reference]
     pub destination: Option<ImageRef>,
+    /// Write the manifest as this format (oci: a Docker one rewritten, so its digest changes; the blobs stay)
+    #[arg(long, value_enum)]
+    pub format: Option<ManifestFormat>,
 }
 
 /// Where one layer's bytes come from.
@@ -158,7 +161,8 @@ pub fn run(args: &PushArgs, ctx: &Context, out: &mut Output) -> Result<()> {
             open,
         });
     }
-    let sent = send(ctx, destination, jobs, std::slice::from_ref(&manifest_raw))
+    let manifests = in_format(std::slice::from_ref(&manifest_raw), args.format)?;
+    let sent = send(ctx, destination, jobs, &manifests)
         .with_context(|| format!("pushing {} to {destination_ref}", args.image))?;
     if ctx.store_args.json {
         out.json(&sent)

@@ -335,7 +335,7 @@ impl Destination for OciLayoutWriter {
             tracing::warn!(
                 destination = %self.name,
                 media_type = %manifest.media_type,
-                "the image keeps its Docker manifest (and so its digest); skopeo, podman and umoci read only OCI manifests from an OCI layout: for them, write docker-archive: or to a registry"
+                "the image keeps its Docker manifest (and so its digest); skopeo, podman and umoci read only OCI manifests from an OCI layout: for them, pass --format oci (the manifest digest changes, the blobs do not)"
             );
         }
         let hex = manifest.digest.digest().to_owned();
