@@ -90,6 +90,23 @@ pub(crate) struct Writer<'o> {
     buffer: Vec<u8>,
     /// Content hashes of the files written, when the options ask for them.
     content: Option<ContentHashes>,
+    /// The directory consecutive regular files go into: its descriptor,
+    /// where it landed, whether it is setgid (new files take its group).
+    /// Dropped at any other entry, which may change or remove directories.
+    file_parent: Option<FileParent>,
+    /// The process umask: a file whose mode it leaves whole is created
+    /// with that mode, and needs no `fchmod`.
+    umask: u32,
+    /// Who a new file belongs to without an `fchown`.
+    creator: (u64, u64),
+}
+
+/// The parent directory of consecutive regular-file entries, kept open.
+struct FileParent {
+    lexical: PathBuf,
+    fd: std::rc::Rc<OwnedFd>,
+    landed: Option<PathBuf>,
+    setgid: bool,
 }
 
 /// A directory's deferred metadata, and which directory it belongs to.
@@ -145,6 +162,12 @@ impl<'o> Writer<'o> {
             warned_devices: false,
             buffer: vec![0; COPY_BUFFER],
             content: opts.content_hashes.then(ContentHashes::default),
+            file_parent: None,
+            umask: sys::umask(),
+            creator: (
+                u64::from(rustix::process::geteuid().as_raw()),
+                u64::from(rustix::process::getegid().as_raw()),
+            ),
         })
     }
 
@@ -236,6 +259,9 @@ impl<'o> Writer<'o> {
             });
         }
         let label = entry.label();
+        if entry.kind != Kind::File {
+            self.file_parent = None;
+        }
         match entry.meaning()? {
             (_, Name::Opaque(dir)) => self.opaque_marker(&dir, &label),
             (_, Name::Whiteout(target)) => self.whiteout(&target, &label),
@@ -483,6 +509,9 @@ impl<'o> Writer<'o> {
             self.root_listed = true;
             return Ok(());
         }
+        if entry.kind == Kind::File {
+            return self.write_file(path, entry, data, label);
+        }
         let pfd = self.ensure_dir(parent(path), label)?;
         self.keep_parent_mtime(&pfd, parent(path));
         let landed;
@@ -566,55 +595,7 @@ impl<'o> Writer<'o> {
                     content.insert(path, size, blake3::Hash::from_bytes(hash));
                 }
             }
-            Kind::File => {
-                let fd = rfs::openat(
-                    &pfd,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    FsMode::from_raw_mode(0o600),
-                )
-                .map_err(|e| Error::io("creating", path, e))?;
-                let mut file = std::fs::File::from(fd);
-                let copy_error = |e| match e {
-                    CopyError::Read(e) => crate::entry::stream_error(e),
-                    CopyError::Write(e) => Error::io("writing", path, e),
-                };
-                if let Some(sparse) = &entry.sparse {
-                    // Each chunk at its offset; the rest stays holes. The
-                    // tree digest reads such a file back (no hash here).
-                    for (offset, len) in &sparse.chunks {
-                        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*offset))
-                            .map_err(|e| Error::io("writing", path, e))?;
-                        let got = copy(&mut data.take(*len), &mut file, &mut self.buffer, None)
-                            .map_err(copy_error)?;
-                        if got != *len {
-                            return Err(Error::entry(
-                                label,
-                                "the sparse file's data ends before its map does",
-                            ));
-                        }
-                    }
-                    file.set_len(sparse.real_size)
-                        .map_err(|e| Error::io("writing", path, e))?;
-                } else {
-                    let mut hasher = self.content.as_ref().map(|_| blake3::Hasher::new());
-                    let size = copy(data, &mut file, &mut self.buffer, hasher.as_mut())
-                        .map_err(copy_error)?;
-                    if let (Some(content), Some(hasher)) = (&mut self.content, hasher) {
-                        content.insert(path, size, hasher.finalize());
-                    }
-                }
-                self.own(&file, entry, path)?;
-                rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))
-                    .map_err(|e| Error::io("setting the mode of", path, e))?;
-                self.set_xattrs(&file, entry, path, label)?;
-                rfs::futimens(&file, &sys::times(entry.mtime, entry.mtime_nsec))
-                    .map_err(|e| Error::io("setting the mtime of", path, e))?;
-            }
+            Kind::File => unreachable!("regular files take write_file"),
             Kind::Dir => {
                 if !keep_dir {
                     rfs::mkdirat(&pfd, name, FsMode::from_raw_mode(0o700))
@@ -710,6 +691,129 @@ impl<'o> Writer<'o> {
             self.parent_cache = None;
             self.last_parent = None;
         }
+        self.touch(&written);
+        Ok(())
+    }
+
+    /// A regular file, in as few calls as its guarantees allow: the parent
+    /// kept open across consecutive files of one directory, no existence
+    /// probe (an exclusive create, and only on `EEXIST` the old entry is
+    /// looked at and replaced), the final mode given at creation when the
+    /// umask leaves it whole, no `fchown` when the creator's owner is the
+    /// entry's, the times set on the open descriptor.
+    fn write_file(
+        &mut self,
+        path: &Path,
+        entry: &Entry,
+        data: &mut dyn Read,
+        label: &str,
+    ) -> Result<()> {
+        let lexical_parent = parent(path);
+        let cached = self
+            .file_parent
+            .as_ref()
+            .is_some_and(|p| p.lexical == lexical_parent);
+        if !cached {
+            let fd = self.ensure_dir(lexical_parent, label)?;
+            let landed = (self.opts.mode == Mode::Overlay && self.layer_symlinks)
+                .then(|| self.path_in_root(&fd))
+                .flatten();
+            let setgid = rfs::fstat(&fd).is_ok_and(|st| st.st_mode & 0o2000 != 0);
+            self.file_parent = Some(FileParent {
+                lexical: lexical_parent.to_owned(),
+                fd: std::rc::Rc::new(fd),
+                landed,
+                setgid,
+            });
+        }
+        let (pfd, landed_dir, setgid) = {
+            let p = self.file_parent.as_ref().expect("set above");
+            (p.fd.clone(), p.landed.clone(), p.setgid)
+        };
+        self.keep_parent_mtime(&pfd, lexical_parent);
+        let landed;
+        let path = match &landed_dir {
+            Some(dir) => {
+                landed = dir.join(base(path));
+                &landed
+            }
+            None => path,
+        };
+        let name = base(path);
+        if self.opts.mode == Mode::Overlay {
+            self.whiteouts.remove(path);
+        }
+        if let Some(content) = &mut self.content {
+            content.remove(path);
+        }
+        if !self.lower_links.is_empty() {
+            // A later entry of the same name replaces a link to a lower file.
+            self.lower_links.retain(|(link, _)| link != path);
+        }
+        let permissions = entry.mode & 0o777;
+        let mode_at_create = entry.mode & 0o7000 == 0 && permissions & self.umask == 0;
+        let create = |pfd: &OwnedFd| {
+            rfs::openat(
+                pfd,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                FsMode::from_raw_mode(if mode_at_create { permissions } else { 0o600 }),
+            )
+        };
+        let fd = match create(&pfd) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::EXIST) => {
+                // An earlier entry (or a lower layer, in apply mode) has the
+                // name: it goes, whatever it is, and the file takes its place.
+                sys::remove_all_at(&*pfd, name).map_err(|e| Error::io("replacing", path, e))?;
+                create(&pfd).map_err(|e| Error::io("creating", path, e))?
+            }
+            Err(e) => return Err(Error::io("creating", path, e)),
+        };
+        let mut file = std::fs::File::from(fd);
+        let copy_error = |e| match e {
+            CopyError::Read(e) => crate::entry::stream_error(e),
+            CopyError::Write(e) => Error::io("writing", path, e),
+        };
+        if let Some(sparse) = &entry.sparse {
+            // Each chunk at its offset; the rest stays holes. The
+            // tree digest reads such a file back (no hash here).
+            for (offset, len) in &sparse.chunks {
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*offset))
+                    .map_err(|e| Error::io("writing", path, e))?;
+                let got = copy(&mut data.take(*len), &mut file, &mut self.buffer, None)
+                    .map_err(copy_error)?;
+                if got != *len {
+                    return Err(Error::entry(
+                        label,
+                        "the sparse file's data ends before its map does",
+                    ));
+                }
+            }
+            file.set_len(sparse.real_size)
+                .map_err(|e| Error::io("writing", path, e))?;
+        } else {
+            let mut hasher = self.content.as_ref().map(|_| blake3::Hasher::new());
+            let size =
+                copy(data, &mut file, &mut self.buffer, hasher.as_mut()).map_err(copy_error)?;
+            if let (Some(content), Some(hasher)) = (&mut self.content, hasher) {
+                content.insert(path, size, hasher.finalize());
+            }
+        }
+        // The creator's owner is the entry's unless the ids differ or a
+        // setgid parent gave the file its group.
+        if (entry.uid, entry.gid) != self.creator || setgid {
+            self.own(&file, entry, path)?;
+        }
+        // After the owner: a chown clears setuid and setgid bits.
+        if !mode_at_create {
+            rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))
+                .map_err(|e| Error::io("setting the mode of", path, e))?;
+        }
+        self.set_xattrs(&file, entry, path, label)?;
+        rfs::futimens(&file, &sys::times(entry.mtime, entry.mtime_nsec))
+            .map_err(|e| Error::io("setting the mtime of", path, e))?;
+        let written = self.resolved(path);
         self.touch(&written);
         Ok(())
     }

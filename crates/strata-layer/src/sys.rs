@@ -149,6 +149,21 @@ pub(crate) fn remove_all_at(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
     }
 }
 
+/// The process umask, from `/proc/self/status` (reading it with `umask(2)`
+/// would change it for a moment, under other threads creating files);
+/// `0o777` when it cannot be read, so that every mode is set explicitly.
+pub(crate) fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o777)
+}
+
 /// The path the kernel has for an open descriptor (`/proc/self/fd`), if
 /// `/proc` is there.
 pub(crate) fn fd_path(fd: impl AsFd) -> Option<std::path::PathBuf> {

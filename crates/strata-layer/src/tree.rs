@@ -179,15 +179,31 @@ impl Walk<'_> {
                     levels.push(level);
                 }
                 b'f' => {
-                    let file =
-                        sys::open_nofollow(&fd, &name, false).map_err(|e| named(&path, e))?;
-                    self.header(&path, &st, sys::xattrs(&file).map_err(|e| named(&path, e))?);
                     let size = u64::try_from(st.st_size).unwrap_or(0);
-                    let hash = match self.known.get(&path) {
-                        Some((known, hash)) if known == size => hash,
-                        _ if size == 0 => *blake3::hash(b"").as_bytes(),
-                        _ => hash_reader(&mut File::from(file), &mut self.buffer)
-                            .map_err(|e| named(&path, e))?,
+                    let known = match self.known.get(&path) {
+                        Some((known, hash)) if known == size => Some(hash),
+                        _ if size == 0 => Some(*blake3::hash(b"").as_bytes()),
+                        _ => None,
+                    };
+                    let hash = match known {
+                        // The writer hashed it: the xattrs are all that is
+                        // left to read, by name (no open, no close).
+                        Some(hash) => {
+                            let xattrs = sys::xattrs_at(&fd, &name).map_err(|e| named(&path, e))?;
+                            self.header(&path, &st, xattrs);
+                            hash
+                        }
+                        None => {
+                            let file = sys::open_nofollow(&fd, &name, false)
+                                .map_err(|e| named(&path, e))?;
+                            self.header(
+                                &path,
+                                &st,
+                                sys::xattrs(&file).map_err(|e| named(&path, e))?,
+                            );
+                            hash_reader(&mut File::from(file), &mut self.buffer)
+                                .map_err(|e| named(&path, e))?
+                        }
                     };
                     self.hasher.update(&size.to_le_bytes());
                     self.hasher.update(&hash);
