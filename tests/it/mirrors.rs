@@ -352,3 +352,154 @@ fn locations_rewrite_references_and_a_blocked_registry_is_refused_naming_the_fil
         "{err}"
     );
 }
+
+#[test]
+fn a_mirror_that_breaks_off_or_answers_garbage_is_passed_over_and_the_origin_finishes() {
+    let origin = Registry::plain();
+    origin.push_layout(busybox_layout(), "latest", "busybox:1");
+    let copy = Registry::plain();
+    copy.push_layout(busybox_layout(), "latest", "busybox:1");
+    let tmp = tempfile::tempdir().unwrap();
+    let image = origin.reference("busybox:1");
+
+    // Every connection to this mirror breaks after 64 kB: manifests and
+    // config pass, the 1 MB layer breaks off and goes on from the origin.
+    let breaking = crate::util::proxy::Proxy::start(&copy.addr, |_| {
+        crate::util::proxy::Fault::ResetAfter(64 << 10)
+    });
+    let conf = registries_conf(tmp.path(), &mirror_conf(&origin, &breaking.addr, "all"));
+    let store = tmp.path().join("broken-off");
+    let json = pulled(&pull(&store, Some(&conf), &image, &[]));
+    let direct = pulled(&pull(&tmp.path().join("direct"), None, &image, &[]));
+    assert_eq!(json["digest"], direct["digest"]);
+    run_ok(strata().arg("--store").arg(&store).arg("fsck"));
+
+    // A mirror answering HTML to everything.
+    let garbage = crate::util::http::Server::start("127.0.0.1", |_, stream| {
+        crate::util::http::respond(
+            stream,
+            200,
+            &[("Content-Type", "text/html".into())],
+            b"<html>captive portal</html>",
+        );
+    });
+    let conf = registries_conf(tmp.path(), &mirror_conf(&origin, &garbage.addr, "all"));
+    let out = pull(&tmp.path().join("garbage"), Some(&conf), &image, &[]);
+    let json = pulled(&out);
+    assert_eq!(json["digest"], direct["digest"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&garbage.addr),
+        "the warning names the mirror"
+    );
+
+    // The origin down too: a network failure, not "not found".
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let conf = registries_conf(
+        tmp.path(),
+        &format!(
+            "[[registry]]\nprefix = \"{dead}\"\nlocation = \"{dead}\"\n[[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+            garbage.addr
+        ),
+    );
+    let out = pull(
+        &tmp.path().join("down"),
+        Some(&conf),
+        &format!("{dead}/busybox:1"),
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_block_holds_whichever_file_picks_the_hosts_and_bad_configs_name_their_file() {
+    let origin = Registry::plain();
+    origin.push_layout(busybox_layout(), "latest", "busybox:1");
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = registries_conf(
+        tmp.path(),
+        &format!(
+            "[[registry]]\nprefix = \"{}\"\nblocked = true\n",
+            origin.addr
+        ),
+    );
+    let hosts = tmp.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join("_default")).unwrap();
+    std::fs::write(
+        hosts.join("_default/hosts.toml"),
+        "[host.\"http://127.0.0.1:9\"]\n  capabilities = [\"pull\"]\n",
+    )
+    .unwrap();
+    let out = pull(
+        &tmp.path().join("store"),
+        Some(&conf),
+        &origin.reference("busybox:1"),
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (text, words) in [
+        ("[registries.block]\nregistries = [\"x\"]\n", "v1 format"),
+        (
+            "[[registry]]\nprefix = \"a.example\"\n[[registry.mirror]]\nlocation = \"http://m.example\"\n",
+            "scheme",
+        ),
+        (
+            "[[registry]]\nprefix = \"a.example\"\nlocaton = \"b.example\"\n",
+            "unknown field",
+        ),
+    ] {
+        let conf = registries_conf(tmp.path(), text);
+        let out = pull(&tmp.path().join("bad"), Some(&conf), "a.example/x:1", &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(words)
+                && err.contains(&conf.display().to_string()),
+            "{text}: {err}"
+        );
+        // A local layout needs no registry: a broken registry file does not stop it.
+        let local = strata()
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .args([
+                "manifest",
+                &format!("oci:{}:latest", busybox_layout().display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            local.status.success(),
+            "{}",
+            String::from_utf8_lossy(&local.stderr)
+        );
+    }
+    std::fs::write(
+        hosts.join("_default/hosts.toml"),
+        "[host.\"http://127.0.0.1:9\"]\n  capabilties = [\"pull\"]\n",
+    )
+    .unwrap();
+    let out = pull(
+        &tmp.path().join("bad"),
+        None,
+        "a.example/x:1",
+        &["--hosts-dir", hosts.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field") && err.contains("hosts.toml"),
+        "{err}"
+    );
+}

@@ -21,6 +21,7 @@ struct File {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HostTable {
     capabilities: Option<Vec<String>>,
     ca: Option<OneOrMany<PathBuf>>,
@@ -87,6 +88,8 @@ pub struct RegistryHosts {
     pub server: Option<String>,
     /// The file.
     pub file: PathBuf,
+    /// Whether it is `_default/hosts.toml` (not the registry's own).
+    pub is_default: bool,
 }
 
 /// The hosts.toml for `registry` under `dir` (its own, else `_default`),
@@ -98,7 +101,12 @@ pub fn lookup(dir: &Path, registry: &str) -> Result<Option<RegistryHosts>> {
     for name in [registry, "_default"] {
         let path = dir.join(name).join("hosts.toml");
         match std::fs::read_to_string(&path) {
-            Ok(text) => return parse(&text, &path).map(Some),
+            Ok(text) => {
+                return parse(&text, &path).map(|mut h| {
+                    h.is_default = name == "_default";
+                    Some(h)
+                });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, e)),
         }
@@ -175,11 +183,26 @@ fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
             override_path: table.override_path,
         });
     }
+    if let Some(server) = &file.server
+        && !has_host(server)
+    {
+        return Err(invalid(format!(
+            "server {server:?} is not an http:// or https:// URL with a host"
+        )));
+    }
     Ok(RegistryHosts {
         hosts,
         server: file.server.map(|s| s.trim_end_matches('/').to_owned()),
         file: path.to_owned(),
+        is_default: false,
     })
+}
+
+/// `http://HOST…` or `https://HOST…` with a non-empty host.
+fn has_host(url: &str) -> bool {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
 }
 
 fn pair(

@@ -29,6 +29,9 @@ const CONTAINERD_HOSTS: &str = "/etc/containerd/certs.d";
 /// The mirror configuration.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
+    /// A configuration file that did not load: reported when a registry is
+    /// first planned, so a pull from a local layout does not fail on it.
+    broken: Option<(PathBuf, &'static str, String)>,
     registries: Vec<registries_conf::RegistryEntry>,
     hosts_dir: Option<PathBuf>,
     hosts_dir_first: bool,
@@ -38,6 +41,7 @@ pub struct HostConfig {
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
+            broken: None,
             registries: Vec::new(),
             hosts_dir: None,
             hosts_dir_first: false,
@@ -119,8 +123,18 @@ impl HostConfig {
     /// # Errors
     /// A file that does not parse, naming it.
     pub fn load(files: &[PathBuf], hosts_dir: Option<&Path>, explicit: bool) -> Result<Self> {
+        let (registries, broken) = match registries_conf::load(files) {
+            Ok(r) => (r, None),
+            Err(Error::InvalidLayout {
+                path,
+                format,
+                detail,
+            }) => (Vec::new(), Some((path, format, detail))),
+            Err(e) => return Err(e),
+        };
         Ok(Self {
-            registries: registries_conf::load(files)?,
+            broken,
+            registries,
             hosts_dir: hosts_dir.map(Path::to_owned),
             hosts_dir_first: explicit && hosts_dir.is_some(),
             ..Self::default()
@@ -173,14 +187,38 @@ impl HostConfig {
     /// [`Error::Blocked`] for a blocked registry; a hosts.toml that does not
     /// parse; a rewritten location that is no reference.
     pub fn plan(&self, reference: &Reference) -> Result<HostPlan> {
+        if let Some((path, format, detail)) = &self.broken {
+            return Err(Error::InvalidLayout {
+                path: path.clone(),
+                format,
+                detail: detail.clone(),
+            });
+        }
+        let name = format!("{}/{}", reference.registry, reference.repository);
+        let suffix = match (&reference.digest, &reference.tag) {
+            (Some(d), _) => format!("@{d}"),
+            (None, Some(t)) => format!(":{t}"),
+            (None, None) => String::new(),
+        };
+        let entry = registries_conf::find(&self.registries, &name, &suffix);
+        // A block is policy: it holds whichever file picks the hosts.
+        if let Some(e) = entry
+            && e.blocked
+        {
+            return Err(Error::Blocked {
+                reference: reference.to_string(),
+                prefix: e.prefix.clone(),
+                file: e.file.clone(),
+            });
+        }
         let hosts = match &self.hosts_dir {
             Some(dir) => hosts_toml::lookup(dir, &reference.registry)?,
             None => None,
         };
-        let name = format!("{}/{}", reference.registry, reference.repository);
-        let entry = registries_conf::find(&self.registries, &name);
         match (hosts, entry) {
-            (Some(h), _) if self.hosts_dir_first => plan_from_hosts(reference, h),
+            // An explicit hosts dir wins, but its `_default` does not
+            // shadow what registries.conf says of this registry.
+            (Some(h), _) if self.hosts_dir_first && !h.is_default => plan_from_hosts(reference, h),
             (_, Some(e)) => plan_from_registries(reference, &name, e),
             (Some(h), None) => plan_from_hosts(reference, h),
             (None, None) => Ok(HostPlan {
@@ -212,13 +250,6 @@ fn plan_from_registries(
     name: &str,
     entry: &registries_conf::RegistryEntry,
 ) -> Result<HostPlan> {
-    if entry.blocked {
-        return Err(Error::Blocked {
-            reference: reference.to_string(),
-            prefix: entry.prefix.clone(),
-            file: entry.file.clone(),
-        });
-    }
     let by_digest = reference.digest.is_some();
     let mut endpoints = Vec::new();
     for mirror in &entry.mirrors {
@@ -234,7 +265,7 @@ fn plan_from_registries(
             &entry.file,
         )?;
         endpoints.push(Endpoint {
-            host: at.registry.clone(),
+            host: at.api_host().to_owned(),
             reference: at,
             insecure: mirror.insecure,
             resolve,
@@ -399,6 +430,18 @@ blocked = true
             by_digest.endpoints.iter().all(|e| e.host != "tags.example"),
             "a tag-only mirror is not used for a digest reference"
         );
+    }
+
+    #[test]
+    fn a_wildcard_mirror_takes_the_matched_host_and_docker_hub_is_dialled_at_its_api() {
+        let conf = "[[registry]]\nprefix = \"*.corp.example\"\n[[registry.mirror]]\nlocation = \"cache.corp.example/m\"\n\n[[registry]]\nprefix = \"quay.io\"\n[[registry.mirror]]\nlocation = \"docker.io/quay\"\n";
+        let (cfg, _d) = config(conf, None, false);
+        let plan = cfg.plan(&reference("git.corp.example:5000/a/b:1")).unwrap();
+        assert_eq!(plan.endpoints[0].host, "cache.corp.example");
+        assert_eq!(plan.endpoints[0].reference.repository, "m/a/b");
+        assert_eq!(plan.endpoints[1].host, "git.corp.example:5000");
+        let plan = cfg.plan(&reference("quay.io/x/y:1")).unwrap();
+        assert_eq!(plan.endpoints[0].host, "registry-1.docker.io");
     }
 
     #[test]

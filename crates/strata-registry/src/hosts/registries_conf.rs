@@ -37,7 +37,7 @@ struct File {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Table {
     prefix: Option<String>,
     location: Option<String>,
@@ -52,7 +52,7 @@ struct Table {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct MirrorTable {
     location: String,
     #[serde(default)]
@@ -157,16 +157,59 @@ fn parse(text: &str, path: &Path) -> Result<Vec<RegistryEntry>> {
         format: "containers-registries.conf (v2)",
         detail,
     };
-    let file: File = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let value: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if value.get("registries").is_some_and(toml::Value::is_table) {
+        return Err(invalid(
+            "it is in the v1 format ([registries.search], [registries.block], …), which strata does not read; rewrite it as v2 [[registry]] tables (containers-registries.conf(5))".into(),
+        ));
+    }
+    let file: File = value
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+    let check = |what: &str, location: &str| -> Result<()> {
+        if location.contains("://") {
+            return Err(invalid(format!(
+                "{what} {location:?} has a scheme; a location is HOST[:PORT][/PATH] (insecure = true allows plain HTTP)"
+            )));
+        }
+        if location.is_empty() || location.starts_with('/') {
+            return Err(invalid(format!("{what} {location:?} names no host")));
+        }
+        Ok(())
+    };
+    for t in &file.registry {
+        let wildcard = t.prefix.as_deref().is_some_and(|p| p.starts_with("*."));
+        if let Some(l) = &t.location
+            && !(wildcard && l.is_empty())
+        {
+            check("location", l)?;
+        }
+        if wildcard && t.location.as_deref().is_some_and(|l| !l.is_empty()) {
+            return Err(invalid(format!(
+                "the wildcard prefix {:?} cannot have a location",
+                t.prefix.as_deref().unwrap_or_default()
+            )));
+        }
+        for m in &t.mirror {
+            check("mirror location", &m.location)?;
+        }
+    }
     file.registry
         .into_iter()
         .map(|t| {
             let location = t
                 .location
                 .clone()
+                .filter(|l| !l.is_empty())
                 .or_else(|| t.prefix.clone())
                 .ok_or_else(|| invalid("a [[registry]] has neither prefix nor location".into()))?;
             let prefix = t.prefix.clone().unwrap_or_else(|| location.clone());
+            // A wildcard entry's own location is the matched host itself.
+            let location = if prefix.starts_with("*.") {
+                String::new()
+            } else {
+                location
+            };
             let default_pull = if t.mirror_by_digest_only {
                 PullFromMirror::DigestOnly
             } else {
@@ -192,35 +235,49 @@ fn parse(text: &str, path: &Path) -> Result<Vec<RegistryEntry>> {
         .collect()
 }
 
-/// How well `prefix` matches `name` (`registry/repository`): the prefix's
-/// length when it does. A prefix matches the name itself or a name that
-/// goes on after it with `/`; `*.example.com` matches any subdomain's
-/// names.
-pub(crate) fn match_len(prefix: &str, name: &str) -> Option<usize> {
+/// How well `prefix` matches `reference` (`registry/repository` and its
+/// `:tag` or `@digest`): the prefix's length when it does. A prefix matches
+/// the reference itself or one that goes on after it with `/`, `:` or
+/// `@` (so a prefix may name a tag or digest); `*.example.com` matches any
+/// subdomain's references, with or without a port.
+pub(crate) fn match_len(prefix: &str, reference: &str) -> Option<usize> {
     if let Some(domain) = prefix.strip_prefix("*.") {
-        let host = name.split('/').next().unwrap_or(name);
+        let host = reference.split('/').next().unwrap_or(reference);
+        let host = host.split(':').next().unwrap_or(host);
         return (host.ends_with(&format!(".{domain}"))).then_some(prefix.len());
     }
-    let rest = name.strip_prefix(prefix)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(prefix.len())
+    let rest = reference.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with(['/', ':', '@'])).then_some(prefix.len())
 }
 
-/// The entry whose prefix matches `name` longest.
-pub(crate) fn find<'a>(entries: &'a [RegistryEntry], name: &str) -> Option<&'a RegistryEntry> {
+/// The entry whose prefix matches `name` + `suffix` (`:tag`, `@digest` or
+/// nothing) longest.
+pub(crate) fn find<'a>(
+    entries: &'a [RegistryEntry],
+    name: &str,
+    suffix: &str,
+) -> Option<&'a RegistryEntry> {
+    let full = format!("{name}{suffix}");
     entries
         .iter()
-        .filter_map(|e| match_len(&e.prefix, name).map(|n| (n, e)))
+        .filter_map(|e| match_len(&e.prefix, &full).map(|n| (n, e)))
         .max_by_key(|(n, _)| *n)
         .map(|(_, e)| e)
 }
 
-/// `name` with `prefix` replaced by `location` (a wildcard prefix keeps
-/// the name's host).
+/// `name` (`registry/repository`) with the matched prefix replaced by
+/// `location`. A wildcard prefix matched the host: a location replaces the
+/// host; an empty one (the entry's own) keeps it. A prefix that named a tag
+/// or digest rewrites the repository part it covers.
 pub(crate) fn rewrite(prefix: &str, location: &str, name: &str) -> String {
     if prefix.starts_with("*.") {
-        return name.to_owned();
+        return match name.split_once('/') {
+            Some((_, rest)) if !location.is_empty() => format!("{location}/{rest}"),
+            _ => name.to_owned(),
+        };
     }
-    format!("{location}{}", &name[prefix.len()..])
+    let covered = prefix.len().min(name.len());
+    format!("{location}{}", &name[covered..])
 }
 
 #[cfg(test)]
@@ -255,6 +312,10 @@ mirror-by-digest-only = true
 location = "cache.corp.example"
 "#;
 
+    fn find_name<'a>(e: &'a [RegistryEntry], name: &str) -> Option<&'a RegistryEntry> {
+        find(e, name, "")
+    }
+
     fn entries() -> Vec<RegistryEntry> {
         parse(CONF, Path::new("/etc/containers/registries.conf")).unwrap()
     }
@@ -263,34 +324,34 @@ location = "cache.corp.example"
     fn the_longest_prefix_wins_at_path_boundaries() {
         let e = entries();
         assert_eq!(
-            find(&e, "docker.io/library/alpine").unwrap().prefix,
+            find_name(&e, "docker.io/library/alpine").unwrap().prefix,
             "docker.io"
         );
         assert_eq!(
-            find(&e, "docker.io/team/app").unwrap().prefix,
+            find_name(&e, "docker.io/team/app").unwrap().prefix,
             "docker.io/team"
         );
         assert_eq!(
-            find(&e, "docker.io/teamwork/app").unwrap().prefix,
+            find_name(&e, "docker.io/teamwork/app").unwrap().prefix,
             "docker.io"
         );
-        assert!(find(&e, "docker.iox/a").is_none());
+        assert!(find_name(&e, "docker.iox/a").is_none());
         assert_eq!(
-            find(&e, "git.corp.example/a/b").unwrap().prefix,
+            find_name(&e, "git.corp.example/a/b").unwrap().prefix,
             "*.corp.example"
         );
-        assert!(find(&e, "corp.example/a").is_none());
+        assert!(find_name(&e, "corp.example/a").is_none());
     }
 
     #[test]
     fn locations_rewrite_the_prefix_and_mirrors_keep_their_order_and_modes() {
         let e = entries();
-        let team = find(&e, "docker.io/team/app").unwrap();
+        let team = find_name(&e, "docker.io/team/app").unwrap();
         assert_eq!(
             rewrite(&team.prefix, &team.location, "docker.io/team/app"),
             "internal.example/team/app"
         );
-        let hub = find(&e, "docker.io/library/alpine").unwrap();
+        let hub = find_name(&e, "docker.io/library/alpine").unwrap();
         assert_eq!(hub.mirrors.len(), 2);
         assert!(hub.mirrors[0].insecure);
         assert_eq!(hub.mirrors[0].pull_from, PullFromMirror::All);
@@ -303,13 +364,13 @@ location = "cache.corp.example"
             ),
             "mirror.example/hub/library/alpine"
         );
-        let corp = find(&e, "git.corp.example/a").unwrap();
+        let corp = find_name(&e, "git.corp.example/a").unwrap();
         assert_eq!(
             corp.mirrors[0].pull_from,
             PullFromMirror::DigestOnly,
             "mirror-by-digest-only is the default mode"
         );
-        assert!(find(&e, "blocked.example/x").unwrap().blocked);
+        assert!(find_name(&e, "blocked.example/x").unwrap().blocked);
     }
 
     #[test]
@@ -324,7 +385,7 @@ location = "cache.corp.example"
         )
         .unwrap();
         let e = load(&[a.clone(), b.clone(), dir.path().join("missing.conf")]).unwrap();
-        let hub = find(&e, "docker.io/library/alpine").unwrap();
+        let hub = find_name(&e, "docker.io/library/alpine").unwrap();
         assert_eq!(hub.location, "other.example");
         assert_eq!(hub.file, b);
         std::fs::write(&b, "[[registry]]\ninsecure = true\n").unwrap();

@@ -25,11 +25,22 @@ pub(super) struct ResumingBody {
 
 impl ResumingBody {
     pub(super) fn new(remote: Remote, url: String, body: Response, size: u64) -> Self {
+        Self::starting_at(remote, url, body, size, 0)
+    }
+
+    /// A body whose first byte is byte `pos` of the blob.
+    pub(super) fn starting_at(
+        remote: Remote,
+        url: String,
+        body: Response,
+        size: u64,
+        pos: u64,
+    ) -> Self {
         Self {
             remote,
             url,
             size,
-            pos: 0,
+            pos,
             body,
             resumes: 0,
         }

@@ -153,6 +153,14 @@ impl Remote {
                     debug!(scheme, status = status.as_u16(), "registry answered");
                     return Ok(remote);
                 }
+                // A mirror that does not answer plain HTTP in time is not
+                // given a second timeout over HTTPS: it is passed over.
+                Err(e @ Error::Http { .. })
+                    if endpoint.is_mirror()
+                        && matches!(&e, Error::Http { source, .. } if source.is_timeout()) =>
+                {
+                    return Err(e);
+                }
                 Err(e @ Error::Http { .. }) if !last => {
                     debug!(host = %host, error = %e, "plain HTTP failed on a loopback registry; trying HTTPS");
                     http_error = Some(e);
@@ -295,6 +303,48 @@ impl Remote {
         let found = self.head_digest(tag)?;
         *head = Some(found.clone());
         Ok(found)
+    }
+
+    /// A blob from byte `offset` on (a mirror taking over a stream another
+    /// host broke off).
+    pub(crate) fn blob_from(
+        &self,
+        descriptor: &Descriptor,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>> {
+        check_digest(descriptor.digest())?;
+        let url = self.url(&format!("blobs/{}", descriptor.digest()));
+        let mut response = self.open_blob_at(&url, offset)?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {}
+            StatusCode::OK if offset > 0 => {
+                // No Range support: skip what was read already.
+                let skipped =
+                    std::io::copy(&mut (&mut response).take(offset), &mut std::io::sink())
+                        .map_err(|e| Error::io(url.clone(), e))?;
+                if skipped != offset {
+                    return Err(Error::io(
+                        url,
+                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                    ));
+                }
+            }
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => {
+                return Err(Error::NotFound {
+                    reference: self.describe(),
+                    detail: format!(": the registry has no blob {}", descriptor.digest()),
+                });
+            }
+            _ => return Err(status_error("GET", &url, response)),
+        }
+        Ok(Box::new(ResumingBody::starting_at(
+            self.clone(),
+            url,
+            response,
+            descriptor.size(),
+            offset,
+        )))
     }
 
     fn open_blob_at(&self, url: &str, offset: u64) -> Result<Response> {
