@@ -58,10 +58,11 @@ case "$1" in
     ctr-cold)     unmount_all; stop_containerd; rm -rf "$W/containerd/root" "$W/containerd/state"; start_containerd; drop_caches ;;
     ctr-warm)     unmount_all; ctr -a "$W/containerd/sock" -n bench snapshots rm bench-mount >/dev/null 2>&1; rm -rf "$W/ctr-mnt"; mkdir -p "$W/ctr-mnt"; drop_caches ;;
     tar)          rm -rf "$W/tar-out"; drop_caches ;;
+    podman-cold)  $PODMAN image unmount --all >/dev/null 2>&1; $PODMAN rmi -af >/dev/null 2>&1; unmount_all; rm -rf "$W/podman"; drop_caches ;;
     copy)         fresh_destination; drop_caches ;;
     fleet)        fresh_cache; drop_caches ;;
     stop)         unmount_all; stop_containerd; pkill -f "serve $W/dest-registry.yml" 2>/dev/null; pkill -f "serve $W/cache-registry.yml" 2>/dev/null ;;
     drop)         drop_caches ;;
-    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|copy|fleet|stop|drop" >&2; exit 2 ;;
+    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|podman-cold|copy|fleet|stop|drop" >&2; exit 2 ;;
 esac
 exit 0

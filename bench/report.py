@@ -7,7 +7,7 @@ import os
 import sys
 
 results, images = sys.argv[1], sys.argv[2].split()
-contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "tar-limit",
+contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "podman-pull-mount", "tar-limit",
               "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
               "strata-commit-one-file", "strata-copy", "skopeo-copy", "registry-ingest",
               "fleet-cache", "fleet-origin"]
@@ -35,7 +35,9 @@ pairs = [
     ("strata-cold", "ctr-pull", 0.40),
     ("strata-cold", "tar-limit", 0.80),
     ("strata-warm", "ctr-mount", 0.50),
+    ("strata-cold", "podman-pull-mount", 0.30),
     ("strata-flatten", "umoci-unpack", 0.30),
+    ("strata-flatten", "tar-limit", 0.70),
     ("strata-commit", "tar-gzip", 0.50),
     ("strata-commit", "tar-pigz", 1.00),
     ("strata-commit", "buildah-commit", 0.50),

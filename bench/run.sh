@@ -3,7 +3,7 @@
 # by side in one run, caches dropped before every run, medians of 3 runs.
 # Builds its images with public tools, serves them from a local registry.
 #   BENCH_DIR (default /var/tmp/strata-bench), BENCH_RUNS (default 3),
-#   BENCH_IMAGES (default "small debian layered"), BENCH_PARTS (default
+#   BENCH_IMAGES (default "small debian layered smallfiles"), BENCH_PARTS (default
 #   "read commit transfer fleet": the pull/mount/flatten rows, the commit
 #   rows, the copy and push rows, the six-node fleet rows).
 set -euo pipefail
@@ -15,13 +15,16 @@ for p in containerd hyperfine time pigz; do dpkg -s "$p" >/dev/null 2>&1 || { ap
 
 export W=${BENCH_DIR:-/var/tmp/strata-bench}
 runs=${BENCH_RUNS:-3}
-images=${BENCH_IMAGES:-small debian layered}
+images=${BENCH_IMAGES:-small debian layered smallfiles}
 parts=${BENCH_PARTS:-read commit transfer fleet}
 mkdir -p "$W/images" "$W/results"
 rm -f "$W/results/"*.json
 cargo build --release --quiet
 strata=$PWD/target/release/strata
 ctl="bash $PWD/bench/ctl.sh"
+# podman with a store of its own under the bench directory (overlay driver).
+export PODMAN="podman --root $W/podman/root --runroot $W/podman/run --storage-driver overlay"
+podman=$PODMAN
 
 cache=${STRATA_TEST_CACHE:-/var/cache/strata-test}
 build() { # name script args...
@@ -41,6 +44,7 @@ if [ ! -f "$cache/debian-$debian_key/done" ]; then
     mkdir -p "$cache"; bash testdata/build-debian-image.sh "$cache/debian-$debian_key"; touch "$cache/debian-$debian_key/done"
 fi
 layered=$(build layered bench/build-layered-image.sh "$debian")
+smallfiles=$(build smallfiles bench/build-smallfiles-image.sh)
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$W/registry"
@@ -76,6 +80,7 @@ for name in $images; do
     bench "$name" skopeo-umoci "$ctl umoci" "skopeo copy --quiet --src-tls-verify=false docker://$ref oci:$W/oci:latest && umoci unpack --image $W/oci:latest $W/bundle"
     bench "$name" umoci-unpack "$ctl umoci-local" "umoci unpack --image $layout:latest $W/bundle"
     bench "$name" ctr-pull "$ctl ctr-cold" "ctr -a $W/containerd/sock -n bench images pull --plain-http $ref"
+    bench "$name" podman-pull-mount "$ctl podman-cold" "$podman pull -q --tls-verify=false $ref >/dev/null && $podman image mount $ref >/dev/null"
     bench "$name" ctr-mount "$ctl ctr-warm" "ctr -a $W/containerd/sock -n bench images mount --rw=false $ref $W/ctr-mnt || ctr -a $W/containerd/sock -n bench images mount $ref $W/ctr-mnt"
     # The plain-tools limit: the blobs already on disk, tar -xzf each into its own dir, two at a time.
     blobs=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(" ".join(l["digest"][7:] for l in m["layers"]))' \
