@@ -110,16 +110,7 @@ pub fn run(args: &PushArgs, ctx: &Context, out: &mut Output) -> Result<()> {
                     source_ref,
                     &ctx.registry.options().map_err(|e| e.to_string())?,
                 )
-                .map_err(|e| {
-                    let mut text = e.to_string();
-                    let mut cause = std::error::Error::source(&e);
-                    while let Some(c) = cause {
-                        text.push_str(": ");
-                        text.push_str(&c.to_string());
-                        cause = c.source();
-                    }
-                    text
-                })
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
             })
             .as_ref()
             .map_err(|e| strata_registry::Error::NotFound {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use oci_spec::image::{Descriptor, Digest};
 use tracing::{info, warn};
 
+use super::client::error_chain;
 use super::{Access, Remote};
 use crate::hosts::{Endpoint, HostPlan};
 use crate::manifest::RawManifest;
@@ -91,7 +92,7 @@ impl Mirrored {
     }
 
     fn pass_over(host: &Host, what: &str, error: &dyn std::error::Error) {
-        warn!(mirror = %host.endpoint.host, error = %chain(error), "passing over a mirror for the rest of this pull ({what})");
+        warn!(mirror = %host.endpoint.host, error = %error_chain(error), "passing over a mirror for the rest of this pull ({what})");
         host.passed_over.store(true, Ordering::Relaxed);
     }
 
@@ -124,17 +125,6 @@ impl Mirrored {
             detail: ": no configured host may serve it".into(),
         }))
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 impl Transport for Mirrored {
