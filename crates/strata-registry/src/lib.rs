@@ -13,8 +13,12 @@
 //! [`ImageSource::plan_copy`] lists what a copy moves, in the order that
 //! keeps a tag from ever naming missing blobs.
 //!
-//! It knows nothing of tar, files on disk or mounting: the layer crate
-//! consumes the streams, the stack crate stores the results.
+//! It knows nothing of layer contents, the store or mounting: the layer
+//! crate consumes the streams (and lends its decoder where a destination
+//! wants layers uncompressed), the stack crate stores the results. The
+//! tars it reads and writes are image layouts and archives, never layers.
+//! Which hosts serve a reference (mirrors, rewrites) is decided in
+//! [`hosts`].
 //!
 //! ```no_run
 //! use strata_registry::{ImageRef, ImageSource, Options, Platform};
