@@ -166,17 +166,41 @@ fn parse(text: &str, path: &Path) -> Result<RegistryHosts> {
                 }
             }
         }
+        for (name, value) in &headers {
+            let valid_name =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            let valid_value = value
+                .bytes()
+                .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+            if !valid_name || !valid_value {
+                return Err(invalid(format!(
+                    "[host.{url:?}] header {name:?} = {value:?} is not a valid HTTP header"
+                )));
+            }
+        }
+        let ca_files: Vec<PathBuf> = table
+            .ca
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(relative)
+            .collect();
+        for file in ca_files
+            .iter()
+            .chain(client.iter().flat_map(|(c, k)| std::iter::once(c).chain(k)))
+        {
+            if !file.is_file() {
+                return Err(invalid(format!(
+                    "[host.{url:?}] names {}, which is not a file",
+                    file.display()
+                )));
+            }
+        }
         hosts.push(HostEntry {
             url: url.trim_end_matches('/').to_owned(),
             pull: caps.iter().any(|c| c == "pull"),
             resolve: caps.iter().any(|c| c == "resolve"),
-            ca_files: table
-                .ca
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default()
-                .into_iter()
-                .map(relative)
-                .collect(),
+            ca_files,
             client,
             skip_verify: table.skip_verify,
             headers,
@@ -242,6 +266,9 @@ server = "https://registry-1.docker.io"
 "#,
         )
         .unwrap();
+        for f in ["cache-ca.pem", "client.pem", "client.key"] {
+            std::fs::write(reg.join(f), b"pem").unwrap();
+        }
         let hosts = lookup(dir.path(), "docker.io").unwrap().unwrap();
         assert_eq!(
             hosts.server.as_deref(),
@@ -276,6 +303,23 @@ server = "https://registry-1.docker.io"
             hosts.hosts[0].pull && hosts.hosts[0].resolve,
             "all capabilities by default"
         );
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "[host.\"http://m:1\"]\n  ca = \"missing.pem\"\n",
+        )
+        .unwrap();
+        let err = lookup(dir.path(), "quay.io").unwrap_err().to_string();
+        assert!(
+            err.contains("missing.pem") && err.contains("not a file"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "[host.\"http://m:1\".header]\n  x-a = \"a\\nb\"\n",
+        )
+        .unwrap();
+        let err = lookup(dir.path(), "quay.io").unwrap_err().to_string();
+        assert!(err.contains("not a valid HTTP header"), "{err}");
         std::fs::write(dir.path().join("_default/hosts.toml"), "[host.\"m:1\"]\n").unwrap();
         let err = lookup(dir.path(), "quay.io").unwrap_err().to_string();
         assert!(
