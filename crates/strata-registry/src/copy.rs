@@ -30,14 +30,6 @@ pub struct PlannedBlob {
     pub what: String,
 }
 
-impl CopyPlan {
-    /// The manifest or index the destination's tag will name.
-    #[must_use]
-    pub fn top(&self) -> &RawManifest {
-        self.manifests.last().expect("a plan has a top manifest")
-    }
-}
-
 impl ImageSource {
     /// Plans a copy: with `platform`, the one manifest an index has for it
     /// (or the manifest the reference names); without, the whole index and

@@ -168,12 +168,6 @@ impl HostConfig {
         }
     }
 
-    /// Whether any mirror or rewrite is configured at all.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.registries.is_empty() && self.hosts_dir.is_none()
-    }
-
     /// How long a mirror may take to connect or to answer before it is
     /// passed over for the rest of the pull.
     #[must_use]

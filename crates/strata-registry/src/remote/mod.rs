@@ -365,6 +365,9 @@ impl Remote {
 /// (at once, so that a wrong name or a dead registry fails here).
 pub(crate) fn open_source(reference: &Reference, opts: &Options) -> Result<Box<dyn Transport>> {
     let plan = opts.hosts.plan(reference)?;
+    if let Some(file) = &plan.decided_by {
+        debug!(file = %file.display(), hosts = plan.endpoints.len(), "hosts for {reference} from the mirror configuration");
+    }
     match plan.endpoints.as_slice() {
         [only] if !only.is_mirror() => Ok(Box::new(Remote::open(only, opts, Access::Pull)?)),
         _ => Ok(Box::new(mirrored::Mirrored::new(reference, plan, opts))),
