@@ -34,8 +34,13 @@ fn unpack_both_ways(reference: &ImageRef, dir: &Path) -> Vec<PathBuf> {
         let mut summary = extract(stream, hint, Some(&diff_id), &target, &Options::default())
             .unwrap_or_else(|e| panic!("{reference} layer {i} (overlay): {e}"));
         let lowers: Vec<&Path> = layer_dirs.iter().rev().map(PathBuf::as_path).collect();
-        fix_up(&target, &mut summary.fixups, &lowers)
-            .unwrap_or_else(|e| panic!("{reference} layer {i} fix-up: {e}"));
+        fix_up(
+            &target,
+            &mut summary.fixups,
+            &lowers,
+            strata_layer::Owners::of_process(),
+        )
+        .unwrap_or_else(|e| panic!("{reference} layer {i} fix-up: {e}"));
         layer_dirs.push(target);
 
         let stream = source

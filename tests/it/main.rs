@@ -19,6 +19,7 @@ mod network_faults;
 mod registry_auth;
 mod registry_faults;
 mod registry_pull;
+mod rootless;
 mod rules;
 mod stack;
 mod store_integrity;

@@ -603,36 +603,6 @@ fn privileged_mount_errors_a_user_will_meet_are_clear() {
 }
 
 #[test]
-fn privileged_not_root_is_told_to_use_root_or_flatten_before_anything_is_fetched() {
-    let env = Env::new();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "env",
-            "HOME=/nonexistent",
-        ])
-        .arg(env!("CARGO_BIN_EXE_strata"))
-        .args([
-            "--store",
-            "/nonexistent/store",
-            "pull-and-mount",
-            "alpine:latest",
-            "/nonexistent/rootfs",
-        ])
-        .output()
-        .expect("setpriv (util-linux) runs strata as nobody");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("mounting needs root") && stderr.contains("strata flatten"),
-        "{stderr}"
-    );
-    drop(env);
-}
-
-#[test]
 fn privileged_images_rm_and_gc() {
     let env = Env::new();
     let image = format!("oci:{}:latest", busybox_layout().display());

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
+use strata_layer::{Mode, Options as LayerOptions, OverlayXattr, Owners};
 use strata_registry::{ImageRef, ImageSource, Platform, ResolvedImage};
-use strata_stack::{ImageRecord, Store};
+use strata_stack::{ImageRecord, Store, StoreKind};
+use strata_userns::{Mapping, Privilege};
 
 use crate::options::RegistryArgs;
 use crate::progress::Progress;
@@ -42,6 +44,21 @@ pub struct Context {
     pub registry: RegistryArgs,
     /// Progress reporting.
     pub progress: Progress,
+    /// What this process may do, probed once at start (before it entered
+    /// strata's namespace, if it did).
+    pub privilege: Privilege,
+    /// The namespace holder this process works under (rootless), whose
+    /// pid mount records keep.
+    pub holder: Option<strata_userns::Holder>,
+}
+
+/// The overlay xattr namespace a store's layers use.
+#[must_use]
+pub fn overlay_xattr(kind: StoreKind) -> OverlayXattr {
+    match kind {
+        StoreKind::Root => OverlayXattr::Trusted,
+        StoreKind::Rootless => OverlayXattr::User,
+    }
 }
 
 /// An image the store holds that no source does (one `strata commit`
@@ -79,23 +96,54 @@ pub fn find_stored(store: &Store, image: &ImageRef, hint: &str) -> Result<ImageR
 }
 
 impl Context {
-    /// Opens the store.
-    pub fn store(&self) -> Result<Store> {
-        let root = self
-            .store_args
+    /// The kind of store this process makes and uses.
+    #[must_use]
+    pub fn store_kind(&self) -> StoreKind {
+        if self.privilege.is_rootless() {
+            StoreKind::Rootless
+        } else {
+            StoreKind::Root
+        }
+    }
+
+    /// The store's directory: `--store`, or the default for the kind.
+    #[must_use]
+    pub fn store_root(&self) -> PathBuf {
+        self.store_args
             .store
             .clone()
-            .unwrap_or_else(Store::default_root);
-        Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+            .unwrap_or_else(|| Store::default_root(self.store_kind()))
+    }
+
+    /// How layers are written, as the privilege allows: owners set (root,
+    /// or a subuid range inside strata's namespace) or recorded in the
+    /// override xattr (a user alone), devices only as root, and the overlay
+    /// xattr namespace of the store's kind.
+    #[must_use]
+    pub fn layer_options(&self, mode: Mode) -> LayerOptions {
+        let owners = match self.privilege.mapping() {
+            None | Some(Mapping::Ranges) => Owners::Set,
+            Some(Mapping::Single) => Owners::Record,
+        };
+        LayerOptions {
+            mode,
+            owners,
+            devices: self.privilege.makes_devices(),
+            overlay_xattr: overlay_xattr(self.store_kind()),
+            ..LayerOptions::default()
+        }
+    }
+
+    /// Opens the store.
+    pub fn store(&self) -> Result<Store> {
+        let root = self.store_root();
+        Store::open(&root, self.store_kind())
+            .with_context(|| format!("opening the store at {}", root.display()))
     }
 
     /// The store, if one exists already (read-only commands do not create one).
     pub fn existing_store(&self) -> Result<Option<Store>> {
-        let root = self
-            .store_args
-            .store
-            .clone()
-            .unwrap_or_else(Store::default_root);
+        let root = self.store_root();
         if !root.join("layers").is_dir() {
             return Ok(None);
         }

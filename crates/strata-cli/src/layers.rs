@@ -20,7 +20,9 @@ pub fn stored_layer_source(store: &strata_stack::Store, chain_id: &str) -> Resul
         }
         _ => strata_layer::FormNotes::default(),
     };
-    Ok(DirSource::new(&store.layer_dir(chain_id)).with_notes(notes))
+    Ok(DirSource::new(&store.layer_dir(chain_id))
+        .with_notes(notes)
+        .with_overlay_xattr(crate::context::overlay_xattr(store.kind())))
 }
 
 /// What a layer record keeps of an extraction's [`strata_layer::FormNotes`]

@@ -15,6 +15,7 @@ pub mod options;
 pub mod output;
 pub mod progress;
 pub mod pull;
+pub mod rootless;
 pub mod transfer;
 
 use std::ffi::OsString;
@@ -104,6 +105,43 @@ pub enum Command {
     Manifest(commands::manifest::ManifestArgs),
     /// Print an image's config
     Config(commands::config::ConfigArgs),
+    /// Run a command (or a shell) in strata's namespace, where rootless mounts are
+    Unshare(commands::unshare::UnshareArgs),
+}
+
+impl Command {
+    /// Whether the command works on the store's layers or mounts: an
+    /// ordinary user's strata runs it inside its user namespace.
+    fn in_namespace(&self) -> bool {
+        matches!(
+            self,
+            Self::PullAndMount(_)
+                | Self::Pull(_)
+                | Self::Mount(_)
+                | Self::Umount(_)
+                | Self::Mounts
+                | Self::Commit(_)
+                | Self::Push(_)
+                | Self::Flatten(_)
+                | Self::Bundle(_)
+                | Self::Rm(_)
+                | Self::Gc
+                | Self::Fsck(_)
+                | Self::Unshare(_)
+        )
+    }
+
+    /// Whether it writes layer directories or trees.
+    fn writes_layers(&self) -> bool {
+        matches!(
+            self,
+            Self::PullAndMount(_)
+                | Self::Pull(_)
+                | Self::Commit(_)
+                | Self::Flatten(_)
+                | Self::Bundle(_)
+        )
+    }
 }
 
 fn init_logging(quiet: u8, verbose: u8) {
@@ -130,33 +168,52 @@ fn init_logging(quiet: u8, verbose: u8) {
 /// The command's failure, with context naming the image.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut out = Output::new();
-    let ctx = Context {
+    let mut ctx = Context {
         store_args: cli.store.clone(),
         registry: cli.registry.clone(),
         progress: Progress::new(cli.quiet > 0, cli.verbose > 0 || cli.store.no_progress),
+        privilege: strata_userns::Privilege::probe(),
+        holder: None,
     };
+    let namespace = rootless::enter(&cli.command, &ctx)?;
+    ctx.holder = rootless::holder(&ctx, namespace.as_ref());
+    let result = dispatch(cli, &ctx, namespace.as_ref(), &mut out);
+    if let Some(namespace) = namespace {
+        let needed = rootless::mounts_need(&ctx, namespace.holder());
+        namespace.leave(needed);
+    }
+    result
+}
+
+fn dispatch(
+    cli: &Cli,
+    ctx: &Context,
+    namespace: Option<&strata_userns::Namespace>,
+    out: &mut Output,
+) -> anyhow::Result<()> {
     match &cli.command {
-        Command::PullAndMount(args) => commands::mount::run_pull_and_mount(args, &ctx, &mut out),
-        Command::Pull(args) => commands::pull::run(args, &ctx, &mut out),
-        Command::Mount(args) => commands::mount::run_mount(args, &ctx, &mut out),
-        Command::Umount(args) => commands::mount::run_umount(args, &ctx, &mut out),
-        Command::Mounts => commands::mount::run_mounts(&ctx, &mut out),
-        Command::Commit(args) => commands::commit::run(args, &ctx, &mut out),
-        Command::Push(args) => commands::push::run(args, &ctx, &mut out),
-        Command::Copy(args) => commands::copy::run(args, &ctx, &mut out),
-        Command::Flatten(args) => commands::flatten::run(args, &ctx, &mut out),
-        Command::Bundle(args) => commands::bundle::run(args, &ctx, &mut out),
-        Command::Images => commands::images::run_images(&ctx, &mut out),
-        Command::Rm(args) => commands::images::run_rm(args, &ctx, &mut out),
-        Command::Gc => commands::images::run_gc(&ctx, &mut out),
-        Command::Fsck(args) => commands::fsck::run(args, &ctx, &mut out),
-        Command::Inspect(args) => commands::inspect::run(args, &ctx, &mut out),
-        Command::Ls(args) => commands::ls::run(args, &ctx, &mut out),
-        Command::Which(args) => commands::which::run(args, &ctx, &mut out),
-        Command::Diff(args) => commands::diff::run(args, &ctx, &mut out),
-        Command::Waste(args) => commands::waste::run(args, &ctx, &mut out),
-        Command::Manifest(args) => commands::manifest::run(args, &ctx, &mut out),
-        Command::Config(args) => commands::config::run(args, &ctx, &mut out),
+        Command::PullAndMount(args) => commands::mount::run_pull_and_mount(args, ctx, out),
+        Command::Pull(args) => commands::pull::run(args, ctx, out),
+        Command::Mount(args) => commands::mount::run_mount(args, ctx, out),
+        Command::Umount(args) => commands::mount::run_umount(args, ctx, out),
+        Command::Mounts => commands::mount::run_mounts(ctx, out),
+        Command::Commit(args) => commands::commit::run(args, ctx, out),
+        Command::Push(args) => commands::push::run(args, ctx, out),
+        Command::Copy(args) => commands::copy::run(args, ctx, out),
+        Command::Flatten(args) => commands::flatten::run(args, ctx, out),
+        Command::Bundle(args) => commands::bundle::run(args, ctx, out),
+        Command::Images => commands::images::run_images(ctx, out),
+        Command::Rm(args) => commands::images::run_rm(args, ctx, out),
+        Command::Gc => commands::images::run_gc(ctx, out),
+        Command::Fsck(args) => commands::fsck::run(args, ctx, out),
+        Command::Inspect(args) => commands::inspect::run(args, ctx, out),
+        Command::Ls(args) => commands::ls::run(args, ctx, out),
+        Command::Which(args) => commands::which::run(args, ctx, out),
+        Command::Diff(args) => commands::diff::run(args, ctx, out),
+        Command::Waste(args) => commands::waste::run(args, ctx, out),
+        Command::Manifest(args) => commands::manifest::run(args, ctx, out),
+        Command::Config(args) => commands::config::run(args, ctx, out),
+        Command::Unshare(args) => commands::unshare::run(args, ctx, namespace),
     }
 }
 
@@ -186,6 +243,8 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 /// Parses `args`, runs, prints an error chain to stderr, and picks the exit code.
 pub fn main_with_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    // A holder process is strata too, started by strata for its namespace.
+    strata_userns::serve_if_holder();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

@@ -143,7 +143,13 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             .collect();
         let lower_refs: Vec<&std::path::Path> =
             lowers.iter().map(std::path::PathBuf::as_path).collect();
-        strata_layer::fix_up(&tmp.diff(), &mut summary.fixups, &lower_refs).with_context(|| {
+        strata_layer::fix_up(
+            &tmp.diff(),
+            &mut summary.fixups,
+            &lower_refs,
+            ctx.layer_options(strata_layer::Mode::Overlay).owners,
+        )
+        .with_context(|| {
             format!(
                 "fixing up layer {i} ({}) of {image}",
                 layers[i].descriptor.digest()
@@ -206,7 +212,7 @@ fn extract_all(
         locks.iter().map(|_| Mutex::new(None)).collect();
     let options = LayerOptions {
         content_hashes: true,
-        ..LayerOptions::default()
+        ..ctx.layer_options(strata_layer::Mode::Overlay)
     };
     let workers = ctx.jobs().min(locks.len());
     std::thread::scope(|scope| {

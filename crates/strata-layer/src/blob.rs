@@ -28,6 +28,9 @@ pub struct BlobOptions {
     pub clamp_mtime: Option<i64>,
     /// Threads the compressor may use.
     pub threads: usize,
+    /// How the layer directory is written (its owners, devices and overlay
+    /// xattr namespace, as the caller's privilege allows).
+    pub layer: Options,
 }
 
 impl Default for BlobOptions {
@@ -36,6 +39,7 @@ impl Default for BlobOptions {
             compression: Compression::Gzip,
             clamp_mtime: None,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
+            layer: Options::default(),
         }
     }
 }
@@ -99,8 +103,9 @@ pub fn write_blob<W: Write + Send + 'static>(
     // Hashes taken while writing: the tree digest the store records then
     // costs a metadata walk, not a second read of every byte.
     let extract_options = Options {
+        mode: crate::Mode::Overlay,
         content_hashes: true,
-        ..Options::default()
+        ..options.layer
     };
     let mut teed = Teed {
         inner: source,

@@ -18,7 +18,7 @@ use tracing::warn;
 use crate::entry::{Entry, EntrySource, Kind};
 use crate::names::{Name, clean};
 use crate::tree::ContentHashes;
-use crate::{Error, Fixups, Mode, Options, OverlayXattr, Result, Summary, sys};
+use crate::{Error, Fixups, Mode, Options, OverlayXattr, Owners, Result, Summary, sys};
 
 const COPY_BUFFER: usize = 256 << 10;
 /// Symlinks followed to resolve one path (the kernel's `MAXSYMLINKS`).
@@ -41,7 +41,6 @@ pub(crate) fn link_destination(link: &Path, target: &[u8]) -> Result<PathBuf> {
 pub(crate) struct Writer<'o> {
     root: OwnedFd,
     opts: &'o Options,
-    as_root: bool,
     escape_overlay_xattrs: bool,
     /// Paths this layer wrote, and their ancestors. In apply mode they are
     /// the resolved paths (a symlinked parent followed), so that an opaque
@@ -142,7 +141,6 @@ impl<'o> Writer<'o> {
             root_path: sys::fd_path(&root),
             root,
             opts,
-            as_root: sys::running_as_root(),
             escape_overlay_xattrs: opts.mode == Mode::Overlay && sys::kernel_at_least(6, 7),
             touched: HashSet::new(),
             parent_cache: None,
@@ -618,7 +616,7 @@ impl<'o> Writer<'o> {
                     self.layer_symlinks = true;
                     self.parent_cache = None;
                 }
-                if self.as_root {
+                if self.opts.owners == Owners::Set {
                     rfs::chownat(
                         &pfd,
                         name,
@@ -637,12 +635,12 @@ impl<'o> Writer<'o> {
                 .map_err(|e| Error::io("setting the mtime of", path, e))?;
             }
             Kind::Char(major, minor) | Kind::Block(major, minor) => {
-                if !self.as_root {
+                if !self.opts.devices {
                     self.summary.skipped += 1;
                     if !self.warned_devices {
                         warn!(
                             entry = label,
-                            "skipping device nodes: only root can create them"
+                            "skipping device nodes: only root outside a user namespace can make them"
                         );
                         self.warned_devices = true;
                     }
@@ -802,7 +800,7 @@ impl<'o> Writer<'o> {
         }
         // The creator's owner is the entry's unless the ids differ or a
         // setgid parent gave the file its group.
-        if (entry.uid, entry.gid) != self.creator || setgid {
+        if (entry.uid, entry.gid) != self.creator || setgid || self.opts.owners == Owners::Record {
             self.own(&file, entry, path)?;
         }
         // After the owner: a chown clears setuid and setgid bits.
@@ -879,7 +877,7 @@ impl<'o> Writer<'o> {
 
     fn node_metadata(&self, pfd: &OwnedFd, path: &Path, entry: &Entry) -> Result<()> {
         let name = base(path);
-        if self.as_root {
+        if self.opts.owners == Owners::Set {
             rfs::chownat(
                 pfd,
                 name,
@@ -905,12 +903,21 @@ impl<'o> Writer<'o> {
         .map_err(|e| Error::io("setting the mtime of", path, e))
     }
 
+    /// Gives a file or directory the entry's owner, as the options say:
+    /// `chown`, or the override xattr where the ids cannot be had.
     fn own(&self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
-        if self.as_root {
-            rfs::fchown(fd, uid(entry.uid), gid(entry.gid))
-                .map_err(|e| Error::io("setting the owner of", path, e))?;
+        match self.opts.owners {
+            Owners::Set => rfs::fchown(fd, uid(entry.uid), gid(entry.gid))
+                .map_err(|e| Error::io("setting the owner of", path, e)),
+            Owners::Record => rfs::fsetxattr(
+                fd,
+                crate::OVERRIDE_STAT_XATTR,
+                crate::override_stat::format(entry).as_bytes(),
+                XattrFlags::empty(),
+            )
+            .map_err(|e| Error::io("recording the owner of", path, e)),
+            Owners::Ignore => Ok(()),
         }
-        Ok(())
     }
 
     /// Sets an entry's xattrs. Overlay's own namespaces never pass through
@@ -1004,6 +1011,10 @@ pub(crate) fn overlay_xattr_policy(
     // Either namespace: a layer directory made for one kind of mount must
     // not steer the other kind (a rootless `userxattr` mount obeys
     // `user.overlay.*`).
+    // Nor may it say who owns its files: that record is strata's own.
+    if key == crate::OVERRIDE_STAT_XATTR {
+        return XattrPolicy::Drop;
+    }
     let is_overlay = key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.");
     if !is_overlay {
         return XattrPolicy::Keep;

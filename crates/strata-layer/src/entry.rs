@@ -427,18 +427,24 @@ fn layer_xattrs(
     Ok(out)
 }
 
+/// An entry from a file's metadata. Where the file carries an override
+/// record (a rootless store without a subuid range wrote it), the record's
+/// owner is the entry's, and the record itself is not an xattr of the
+/// entry. The mode stays the file's: strata writes the record's mode onto
+/// the file as well, and a `chmod` in a merged view changes the file (its
+/// copy-up), never the record.
 fn stat_entry(
     name: Vec<u8>,
     st: &rustix::fs::Stat,
     kind: Kind,
-    xattrs: Vec<(String, Vec<u8>)>,
+    mut xattrs: Vec<(String, Vec<u8>)>,
 ) -> Entry {
     let size = if kind == Kind::File {
         u64::try_from(st.st_size).unwrap_or(0)
     } else {
         0
     };
-    Entry {
+    let mut entry = Entry {
         name,
         kind,
         mode: st.st_mode & 0o7777,
@@ -447,9 +453,21 @@ fn stat_entry(
         mtime: st.st_mtime,
         mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
         size,
-        xattrs,
+        xattrs: Vec::new(),
         sparse: None,
+    };
+    if let Some(i) = xattrs
+        .iter()
+        .position(|(k, _)| k == crate::OVERRIDE_STAT_XATTR)
+    {
+        let (_, value) = xattrs.remove(i);
+        if let Some(record) = crate::parse_override_stat(&value) {
+            entry.uid = record.uid;
+            entry.gid = record.gid;
+        }
     }
+    entry.xattrs = xattrs;
+    entry
 }
 
 impl DirSource {

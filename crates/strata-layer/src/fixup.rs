@@ -193,14 +193,22 @@ fn inherit_dir_metadata(lowers: &Lowers, ours: &OwnedFd, rel: &Path, as_root: bo
 /// # Errors
 /// When a lower cannot be read, or a hard link's target is not a regular
 /// file in the merged view of the lowers.
-pub fn fix_up(target: &Path, fixups: &mut Fixups, lowers_top_first: &[&Path]) -> Result<()> {
+/// `owners` says whether the copies get their lower's owner by `chown`
+/// (else they keep the creator, and the lower's override record, if any,
+/// comes with the xattrs).
+pub fn fix_up(
+    target: &Path,
+    fixups: &mut Fixups,
+    lowers_top_first: &[&Path],
+    owners: crate::Owners,
+) -> Result<()> {
     let root = sys::resolve_read(
         sys::open_root(target).map_err(|e| Error::io("opening", target, e))?,
         Path::new(""),
     )
     .map_err(|e| Error::io("opening", target, e))?;
     let lowers = Lowers::open(lowers_top_first)?;
-    let as_root = sys::running_as_root();
+    let as_root = owners == crate::Owners::Set;
     let moved_to = follow_lower_symlinks(&root, fixups, &lowers)?;
     let local = copy_lower_links(&root, fixups, &lowers, &moved_to, as_root)?;
     // Those are links inside the layer now: nothing to note for them.

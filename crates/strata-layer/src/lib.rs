@@ -27,6 +27,7 @@ mod error;
 mod fixup;
 mod index;
 mod names;
+mod override_stat;
 mod report;
 mod sparse;
 mod sys;
@@ -45,6 +46,7 @@ pub use entry::{DirSource, Entry, EntrySource, Kind};
 pub use error::{Error, Result};
 pub use fixup::fix_up;
 pub use index::{ChangeKind, LayerIndex, Merged, Node, Visible, index_source, index_stream, merge};
+pub use override_stat::{OverrideStat, parse as parse_override_stat};
 pub use report::{Waste, WastedPath, waste};
 pub use sparse::Sparse;
 pub use sys::running_as_root;
@@ -71,18 +73,57 @@ pub enum OverlayXattr {
     User,
 }
 
+/// What the writer does with an entry's owner: the caller decides it once,
+/// from its privilege, and passes it (the writer never asks the euid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// `chown` to the entry's ids: root, or root in a user namespace that
+    /// maps them (a rootless pull with a subuid range).
+    Set,
+    /// Leave the creator as owner and record the entry's owner and mode in
+    /// the `user.containers.override_stat` xattr, as containers/storage and
+    /// fuse-overlayfs do (a user without a subuid range). Regular files and
+    /// directories only: the kernel allows `user.*` on nothing else.
+    Record,
+    /// Leave the creator as owner: the image's owners are lost.
+    Ignore,
+}
+
+impl Owners {
+    /// `Set` for root, else `Ignore`: the default for callers that do not
+    /// say (the CLI always does).
+    #[must_use]
+    pub fn of_process() -> Self {
+        if sys::running_as_root() {
+            Self::Set
+        } else {
+            Self::Ignore
+        }
+    }
+}
+
+/// The xattr holding an entry's image owner and mode where the files cannot
+/// be owned by it ([`Owners::Record`]): `UID:GID:MODE:TYPE`, the mode in
+/// octal, as containers/storage writes it.
+pub const OVERRIDE_STAT_XATTR: &str = "user.containers.override_stat";
+
 /// Default limit on a layer's decompressed size: 64 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
 /// Default limit on a layer's entry count: 10 million.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
 
 /// How to extract.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Overlay or apply.
     pub mode: Mode,
     /// The overlay xattr namespace (overlay mode).
     pub overlay_xattr: OverlayXattr,
+    /// What becomes of entries' owners.
+    pub owners: Owners,
+    /// Whether device nodes are made (only root in the initial user
+    /// namespace can); else they are skipped with a warning.
+    pub devices: bool,
     /// Stop a layer that decompresses to more than this many bytes.
     pub max_bytes: u64,
     /// Stop a layer with more entries than this.
@@ -97,6 +138,8 @@ impl Default for Options {
         Self {
             mode: Mode::Overlay,
             overlay_xattr: OverlayXattr::Trusted,
+            owners: Owners::of_process(),
+            devices: sys::running_as_root(),
             max_bytes: DEFAULT_MAX_BYTES,
             max_entries: DEFAULT_MAX_ENTRIES,
             content_hashes: false,

@@ -592,7 +592,13 @@ fn privileged_hardlink_to_a_lower_layers_file() {
     )
     .unwrap();
     assert_eq!(s.fixups.lower_links.len(), 2);
-    fix_up(upper.path(), &mut s.fixups, &[lower.path()]).unwrap();
+    fix_up(
+        upper.path(),
+        &mut s.fixups,
+        &[lower.path()],
+        crate::Owners::of_process(),
+    )
+    .unwrap();
     let copy = std::fs::metadata(upper.path().join("bin/alias")).unwrap();
     assert_eq!(
         std::fs::read(upper.path().join("bin/alias")).unwrap(),
@@ -611,7 +617,13 @@ fn privileged_hardlink_to_a_lower_layers_file() {
     // A link to nothing anywhere is an error naming it.
     let lonely = dir();
     let mut s = layer(&[E::Link("x", "missing")], lonely.path(), Mode::Overlay).unwrap();
-    let err = fix_up(lonely.path(), &mut s.fixups, &[lower.path()]).unwrap_err();
+    let err = fix_up(
+        lonely.path(),
+        &mut s.fixups,
+        &[lower.path()],
+        crate::Owners::of_process(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("missing is in neither this layer nor the layers below"),
@@ -657,7 +669,13 @@ fn privileged_an_implied_tmp_keeps_the_sticky_mode_from_below() {
         s.fixups.implied_dirs,
         vec![PathBuf::from("fresh"), PathBuf::from("tmp")]
     );
-    fix_up(upper.path(), &mut s.fixups, &[lower.path()]).unwrap();
+    fix_up(
+        upper.path(),
+        &mut s.fixups,
+        &[lower.path()],
+        crate::Owners::of_process(),
+    )
+    .unwrap();
     let mode = |p: &str| std::fs::metadata(upper.path().join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("tmp"), 0o1777, "the merged /tmp must stay 1777");
     assert_eq!(mode("fresh"), 0o755, "with nothing below, 0755");
@@ -1157,7 +1175,13 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
         &options,
     )
     .unwrap();
-    fix_up(d.path(), &mut summary.fixups, &[lower.path()]).unwrap();
+    fix_up(
+        d.path(),
+        &mut summary.fixups,
+        &[lower.path()],
+        crate::Owners::of_process(),
+    )
+    .unwrap();
     assert!(!summary.content.is_empty());
     let recorded = crate::tree_digest(d.path(), &summary.content).unwrap();
     let none = crate::ContentHashes::default();

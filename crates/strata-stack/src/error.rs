@@ -49,6 +49,19 @@ pub enum Error {
         source: Option<std::io::Error>,
     },
 
+    /// A store made by root opened rootless, or the other way round.
+    #[error("{} is a {made} store and this strata runs {}: their layers differ (owners; trusted.overlay.* or user.overlay.* xattrs), so they are never mixed; use {hint}", store.display(), wanted.running())]
+    WrongKind {
+        /// The store.
+        store: PathBuf,
+        /// Who made it.
+        made: crate::StoreKind,
+        /// Who opened it.
+        wanted: crate::StoreKind,
+        /// Which store would do.
+        hint: &'static str,
+    },
+
     /// More layers than the kernel stacks in one overlay.
     #[error("the image has {layers} layers; overlayfs stacks at most {limit} lower layers")]
     TooManyLayers {

@@ -20,6 +20,6 @@ pub use error::{Error, Result};
 pub use fsck::{FsckReport, Problem, TreeDigestFn};
 pub use mount::{MAX_LOWER_LAYERS, MountSpec, Plan, is_mountpoint, mount, plan, unmount};
 pub use store::{
-    GcReport, ImageLayer, ImageRecord, LayerLock, LayerRecord, MountRecord, Store, TmpBlob,
-    TmpLayer,
+    GcReport, ImageLayer, ImageRecord, LayerLock, LayerRecord, MountRecord, Store, StoreKind,
+    TmpBlob, TmpLayer,
 };

@@ -23,6 +23,20 @@ pub const MAX_LOWER_LAYERS: usize = 500;
 pub(crate) const WRITABLE_OPTIONS: [(&str, &str); 2] =
     [("redirect_dir", "off"), ("metacopy", "off")];
 
+/// The same for a `userxattr` mount: there the kernel takes `redirect_dir=off`
+/// as `follow` (with its default `redirect_always_follow`) and refuses it
+/// beside `userxattr`; `nofollow` neither makes nor follows redirects.
+pub(crate) const WRITABLE_USERXATTR_OPTIONS: [(&str, &str); 2] =
+    [("redirect_dir", "nofollow"), ("metacopy", "off")];
+
+fn writable_options(spec: &MountSpec) -> [(&'static str, &'static str); 2] {
+    if spec.userxattr {
+        WRITABLE_USERXATTR_OPTIONS
+    } else {
+        WRITABLE_OPTIONS
+    }
+}
+
 /// What to mount where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
@@ -36,6 +50,9 @@ pub struct MountSpec {
     /// symlinks to the layers, one per entry of `layers`, in the same order,
     /// so that the whole `lowerdir=` string fits mount(2)'s one page.
     pub short_links: Option<(PathBuf, Vec<String>)>,
+    /// Mount with `userxattr`: the overlay reads `user.overlay.*`, as it
+    /// must inside a user namespace (a rootless store's layers carry those).
+    pub userxattr: bool,
 }
 
 /// How a spec is carried out.
@@ -138,11 +155,20 @@ pub fn mount(spec: &MountSpec) -> Result<()> {
             if let Some((upper, work)) = &upper {
                 set("upperdir", upper)?;
                 set("workdir", work)?;
-                for (key, value) in WRITABLE_OPTIONS {
+                for (key, value) in writable_options(spec) {
                     fsconfig_set_string(&fs, key, value).map_err(|e| {
                         mount_error(target, format!("overlay option {key}={value} refused"), e)
                     })?;
                 }
+            }
+            if spec.userxattr {
+                rustix::mount::fsconfig_set_flag(&fs, "userxattr").map_err(|e| {
+                    mount_error(
+                        target,
+                        "overlay option userxattr refused (Linux 5.11 or later needed)",
+                        e,
+                    )
+                })?;
             }
             // One lower directory may serve many mounts at once.
             let _ = fsconfig_set_string(&fs, "index", "off");
@@ -193,11 +219,14 @@ fn mount_legacy(spec: &MountSpec, upper: Option<&(PathBuf, PathBuf)>) -> Result<
             up.display(),
             work.display()
         ));
-        for (key, value) in WRITABLE_OPTIONS {
+        for (key, value) in writable_options(spec) {
             data.push_str(&format!(",{key}={value}"));
         }
     }
     data.push_str(",index=off");
+    if spec.userxattr {
+        data.push_str(",userxattr");
+    }
     const PAGE: usize = 4096;
     if data.len() >= PAGE {
         return Err(Error::Mount {
@@ -297,6 +326,7 @@ mod tests {
             layers: (0..n).map(|i| PathBuf::from(format!("/s/l{i}"))).collect(),
             upper: rw.then(|| ("/s/u".into(), "/s/w".into())),
             short_links: None,
+            userxattr: false,
         }
     }
 

@@ -120,6 +120,10 @@ pub struct MountRecord {
     /// implicitly; its layers stay (the upper means nothing without them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// A rootless mount: the holder process whose mount namespace holds it
+    /// (`PID:START`). When that process is gone, so is the mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// What `gc` removed.
@@ -137,6 +141,7 @@ pub struct GcReport {
 pub struct Store {
     root: PathBuf,
     lock: File,
+    kind: StoreKind,
 }
 
 /// Exclusive ownership of making one layer (held until committed or dropped).
@@ -228,12 +233,93 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Who a store's layers were made by. Root's layers carry the image's
+/// owners and `trusted.overlay.*`; a rootless store's carry mapped owners (or
+/// override records) and `user.overlay.*`. A store serves its own kind only,
+/// written in `STORE/kind` when it is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Made by root in the initial user namespace.
+    Root,
+    /// Made by an ordinary user, inside strata's user namespace.
+    Rootless,
+}
+
+impl StoreKind {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Rootless => "rootless",
+        }
+    }
+}
+
+impl StoreKind {
+    /// How a process of this kind runs, for messages.
+    #[must_use]
+    pub fn running(self) -> &'static str {
+        match self {
+            Self::Root => "as root",
+            Self::Rootless => "rootless",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Root => "root-made",
+            Self::Rootless => "rootless",
+        })
+    }
+}
+
+fn read_kind(root: &Path) -> Result<Option<StoreKind>> {
+    let path = root.join("kind");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim() {
+            "root" => Ok(Some(StoreKind::Root)),
+            "rootless" => Ok(Some(StoreKind::Rootless)),
+            other => Err(Error::io(
+                "reading",
+                &path,
+                std::io::Error::other(format!("unknown store kind {other:?}")),
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", &path, e)),
+    }
+}
+
+/// Who made the store at `root`, if anyone yet. A store from before kinds
+/// were written was made by root: a rootless strata could not make one that
+/// holds layers.
+fn made_by(root: &Path) -> Result<Option<StoreKind>> {
+    if let Some(kind) = read_kind(root)? {
+        return Ok(Some(kind));
+    }
+    let has_layers = std::fs::read_dir(root.join("layers"))
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    Ok(has_layers.then_some(StoreKind::Root))
+}
+
+fn write_kind(root: &Path, kind: StoreKind) -> Result<()> {
+    let path = root.join("kind");
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = root.join(format!("kind.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, kind.word()).map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming", &tmp, e))
+}
+
 impl Store {
-    /// The default location: `/var/lib/strata` for root, else
+    /// The default location for a kind: `/var/lib/strata` for root, else
     /// `$XDG_DATA_HOME/strata` or `~/.local/share/strata`.
     #[must_use]
-    pub fn default_root() -> PathBuf {
-        if rustix::process::geteuid().is_root() {
+    pub fn default_root(kind: StoreKind) -> PathBuf {
+        if kind == StoreKind::Root {
             return PathBuf::from("/var/lib/strata");
         }
         let data = std::env::var_os("XDG_DATA_HOME")
@@ -244,21 +330,24 @@ impl Store {
         data.join("strata")
     }
 
-    /// Opens (creating) the store at `root`. If no other strata process is
-    /// using it, leftovers of killed runs are removed first.
+    /// Opens (creating) the store at `root` for `kind`. If no other strata
+    /// process is using it, leftovers of killed runs are removed first.
     ///
     /// # Errors
-    /// When the directories cannot be created or the lock taken.
-    pub fn open(root: &Path) -> Result<Self> {
+    /// When the directories cannot be created or the lock taken;
+    /// [`Error::WrongKind`] when the store was made by the other kind.
+    pub fn open(root: &Path, kind: StoreKind) -> Result<Self> {
         for sub in ["layers", "images", "mounts", "locks", "tmp", "blobs/sha256"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("creating the store directory", &dir, e))?;
         }
         let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
+        Self::check_kind(&root, kind)?;
+        write_kind(&root, kind)?;
         let lock_path = root.join("lock");
         let lock = open_lock_file(&lock_path)?;
-        let store = Self { root, lock };
+        let store = Self { root, lock, kind };
         if store.lock.try_lock().is_ok() {
             store.clean_tmp()?;
             store
@@ -271,6 +360,34 @@ impl Store {
             .lock_shared()
             .map_err(|e| Error::io("locking", &lock_path, e))?;
         Ok(store)
+    }
+
+    /// Who made the store (and opened it).
+    #[must_use]
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// Checks that the store at `root` (if there is one) was made by
+    /// `kind`, before anything is created in it.
+    ///
+    /// # Errors
+    /// [`Error::WrongKind`], or when `STORE/kind` cannot be read.
+    pub fn check_kind(root: &Path, kind: StoreKind) -> Result<()> {
+        match made_by(root)? {
+            Some(made) if made != kind => Err(Error::WrongKind {
+                store: root.to_owned(),
+                made,
+                wanted: kind,
+                hint: match kind {
+                    StoreKind::Root => "another --store for root (the default is /var/lib/strata)",
+                    StoreKind::Rootless => {
+                        "the user's own store (the default, $XDG_DATA_HOME/strata) or another --store"
+                    }
+                },
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn clean_tmp(&self) -> Result<()> {
@@ -639,7 +756,8 @@ impl Store {
         }
     }
 
-    /// Removes the records of read-only mounts that are no longer mounted,
+    /// Removes the records of read-only mounts that are no longer mounted
+    /// (a rootless writable one keeps its upper as `umount --keep` does),
     /// then every layer that no stored image and no mount record uses, and
     /// every kept blob no image names. Waits until no other strata process
     /// uses the store.
@@ -673,9 +791,17 @@ impl Store {
         // the machine rebooted). Only here, with the store to ourselves: a
         // mount in flight has written its record but not yet attached the
         // mount, and holds the store while it does.
+        // A rootless writable mount whose holder died is gone too: its
+        // record stays as a kept upper (the user's changes are never
+        // deleted unasked), for `strata commit` or `umount`.
         for m in self.mounts()? {
-            if !m.writable && !crate::mount::is_mountpoint(&m.mountpoint)? {
+            if m.kept || crate::mount::is_mountpoint(&m.mountpoint)? {
+                continue;
+            }
+            if !m.writable {
                 self.remove_mount(&m.id, false)?;
+            } else if m.holder.is_some() {
+                self.remove_mount(&m.id, true)?;
             }
         }
         let mut live: BTreeSet<String> = BTreeSet::new();
@@ -872,7 +998,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = format!("sha256:{}", "a".repeat(64));
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), StoreKind::Root).unwrap();
             let lock = store.lock_layer(&a).unwrap();
             let tmp = store.begin_layer(&lock).unwrap();
             std::fs::write(tmp.diff().join("half"), b"").unwrap();
@@ -885,7 +1011,7 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             2
         );
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), StoreKind::Root).unwrap();
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0,
@@ -902,7 +1028,7 @@ mod tests {
     #[test]
     fn images_refs_rm_and_gc() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), StoreKind::Root).unwrap();
         let (a, b) = (
             format!("sha256:{}", "a".repeat(64)),
             format!("sha256:{}", "b".repeat(64)),
@@ -944,6 +1070,7 @@ mod tests {
             chain_ids: vec![b.clone()],
             writable: true,
             kept: false,
+            holder: None,
         };
         store.put_mount(&record).unwrap();
         assert!(store.gc().unwrap().removed.is_empty());

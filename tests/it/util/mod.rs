@@ -10,6 +10,7 @@ pub mod layer;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
+pub mod rootless;
 pub mod store_env;
 pub mod tls;
 pub mod token;

@@ -90,11 +90,6 @@ struct Committed<'a> {
 
 /// Runs `strata commit`.
 pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
-    if !strata_layer::running_as_root() {
-        bail!(
-            "committing reads the upper's trusted.overlay.* xattrs, which needs root; run it as root"
-        );
-    }
     // Everything that can be refused is refused before the layer is written.
     let name = new_name(&args.name)?;
     let epoch = source_date_epoch()?;
@@ -136,10 +131,11 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
     let options = BlobOptions {
         compression,
         clamp_mtime: epoch,
+        layer: ctx.layer_options(strata_layer::Mode::Overlay),
         ..BlobOptions::default()
     };
     let mut blob = strata_layer::write_blob(
-        &mut DirSource::new(&upper),
+        &mut DirSource::new(&upper).with_overlay_xattr(crate::context::overlay_xattr(store.kind())),
         std::io::BufWriter::with_capacity(1 << 20, file),
         Some(&tmp_layer.diff()),
         &options,
@@ -163,8 +159,13 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         .map(|l| store.layer_dir(&l.chain_id))
         .collect();
     let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-    strata_layer::fix_up(&tmp_layer.diff(), &mut summary.fixups, &lower_refs)
-        .context("fixing up the new layer against the image's layers")?;
+    strata_layer::fix_up(
+        &tmp_layer.diff(),
+        &mut summary.fixups,
+        &lower_refs,
+        ctx.layer_options(strata_layer::Mode::Overlay).owners,
+    )
+    .context("fixing up the new layer against the image's layers")?;
     let tree_digest = strata_layer::tree_digest(&tmp_layer.diff(), &summary.content)
         .context("recording the new layer's tree digest")?;
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use strata_layer::{Mode, Options as LayerOptions};
+use strata_layer::Mode;
 use strata_registry::ImageRef;
 
 use crate::context::Context;
@@ -73,10 +73,7 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn apply_all(ctx: &Context, image: &ImageRef, dir: &Path) -> Result<Vec<u8>> {
-    let apply = LayerOptions {
-        mode: Mode::Apply,
-        ..LayerOptions::default()
-    };
+    let apply = ctx.layer_options(Mode::Apply);
     if let Ok(store) = ctx.store()
         && let Ok(record) = store.find_image(&store_name(image))
         && record.layers.iter().all(|l| store.has_layer(&l.chain_id))

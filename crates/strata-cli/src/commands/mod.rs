@@ -15,5 +15,6 @@ pub mod manifest;
 pub mod mount;
 pub mod pull;
 pub mod push;
+pub mod unshare;
 pub mod waste;
 pub mod which;

@@ -83,17 +83,6 @@ fn find_image(store: &Store, image: &ImageRef) -> Result<ImageRecord> {
     )
 }
 
-/// Mounting needs root; say so before anything is downloaded.
-fn require_root() -> Result<()> {
-    if !strata_layer::running_as_root() {
-        bail!(
-            "mounting needs root (CAP_SYS_ADMIN) and this process is not root; run it as root, \
-or use `strata flatten IMAGE DIR`, which needs no mount and no root"
-        );
-    }
-    Ok(())
-}
-
 /// Checks the mountpoint (creating it when missing) and returns its absolute path.
 fn prepare_mountpoint(store: &Store, dir: &Path) -> Result<PathBuf> {
     let inside_store = |abs: &Path| -> Result<()> {
@@ -177,6 +166,7 @@ fn mount_image(
         chain_ids: chain_ids.clone(),
         writable: rw,
         kept: false,
+        holder: ctx.holder.map(|h| h.id()),
     };
     // The record first: gc never removes the layers of a mount being made.
     store.put_mount(&mount_record)?;
@@ -189,6 +179,7 @@ fn mount_image(
         layers: chain_ids.iter().map(|c| store.layer_dir(c)).collect(),
         upper: upper.clone(),
         short_links: Some((store.links_dir(), short_links)),
+        userxattr: store.kind() == strata_stack::StoreKind::Rootless,
     };
     if let Err(e) = strata_stack::mount(&spec) {
         let _ = store.remove_mount(&id, false);
@@ -202,6 +193,14 @@ fn mount_image(
         chain_ids.len(),
         if rw { "writable" } else { "read-only" }
     ));
+    if ctx.holder.is_some() {
+        // The mount lives in strata's namespace, not in the caller's.
+        ctx.progress.summary(&format!(
+            "enter it with: {} -- chroot {} /bin/sh",
+            crate::commands::unshare::command_line(ctx),
+            mountpoint.display()
+        ));
+    }
     if ctx.store_args.json {
         out.json(&serde_json::json!({
             "mountpoint": mountpoint,
@@ -218,7 +217,6 @@ fn mount_image(
 
 /// `strata mount`.
 pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
-    require_root()?;
     let store = ctx.store()?;
     let record = find_image(&store, &args.image)?;
     mount_image(
@@ -234,7 +232,6 @@ pub fn run_mount(args: &MountArgs, ctx: &Context, out: &mut Output) -> Result<()
 
 /// `strata pull-and-mount`.
 pub fn run_pull_and_mount(args: &PullAndMountArgs, ctx: &Context, out: &mut Output) -> Result<()> {
-    require_root()?;
     let store = ctx.store()?;
     if args.at.dir.exists() {
         // Fail before downloading anything if the mountpoint will not do.
@@ -300,6 +297,7 @@ pub fn run_mounts(ctx: &Context, out: &mut Output) -> Result<()> {
                 .map(|(m, mounted)| serde_json::json!({
                     "mountpoint": m.mountpoint, "image": m.image, "digest": m.digest,
                     "layers": m.chain_ids.len(), "writable": m.writable, "mounted": mounted,
+                    "holder": m.holder,
                     "kept_upper": m.kept.then(|| store.mount_dir(&m.id).join("upper")),
                 }))
                 .collect::<Vec<_>>()
@@ -313,6 +311,9 @@ pub fn run_mounts(ctx: &Context, out: &mut Output) -> Result<()> {
             )
         } else if mounted {
             String::new()
+        } else if m.holder.is_some() && m.holder != ctx.holder.map(|h| h.id()) {
+            "  (stale: the namespace holder that kept it is gone; `strata gc` cleans it up)"
+                .to_owned()
         } else {
             "  (not mounted: `strata umount` removes the record)".to_owned()
         };
