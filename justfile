@@ -22,7 +22,7 @@ test:
 test-unprivileged:
     #!/usr/bin/env bash
     set -euo pipefail
-    mapfile -t tests < <(cargo test --locked --no-run --message-format=json -p strata-registry -p strata-layer -p strata-stack -p strata --lib --test it 2>/dev/null \
+    mapfile -t tests < <(cargo test --locked --no-run --message-format=json -p strata-registry -p strata-layer -p strata-stack -p strata-userns -p strata --lib --test it 2>/dev/null \
         | grep -o '"executable":"[^"]*/deps/[^"]*"' | cut -d'"' -f4)
     [[ ${#tests[@]} -gt 0 ]] || { echo "no unprivileged test binaries were built"; exit 1; }
     as_user=()

@@ -59,10 +59,21 @@ case "$1" in
     ctr-warm)     unmount_all; ctr -a "$W/containerd/sock" -n bench snapshots rm bench-mount >/dev/null 2>&1; rm -rf "$W/ctr-mnt"; mkdir -p "$W/ctr-mnt"; drop_caches ;;
     tar)          rm -rf "$W/tar-out"; drop_caches ;;
     podman-cold)  $PODMAN image unmount --all >/dev/null 2>&1; $PODMAN rmi -af >/dev/null 2>&1; unmount_all; rm -rf "$W/podman"; drop_caches ;;
+    rootless-cold)
+        # The user's mounts go with its holder; the store's files are partly
+        # the user's subordinate ids, which root removes.
+        pkill -u "$RL_USER" -x strata-holder 2>/dev/null; sleep 0.2
+        rm -rf "$RL/home/.local/share/strata" "$RL/rootfs"; drop_caches ;;
+    podman-rootless-cold)
+        $AS_USER podman unshare podman image unmount --all >/dev/null 2>&1
+        $AS_USER podman rmi -af >/dev/null 2>&1
+        $AS_USER podman system reset -f >/dev/null 2>&1
+        pkill -u "$RL_USER" 2>/dev/null; sleep 0.2
+        rm -rf "$RL/home/.local/share/containers" "$RL/run/"*; drop_caches ;;
     copy)         fresh_destination; drop_caches ;;
     fleet)        fresh_cache; drop_caches ;;
     stop)         unmount_all; stop_containerd; pkill -f "serve $W/dest-registry.yml" 2>/dev/null; pkill -f "serve $W/cache-registry.yml" 2>/dev/null ;;
     drop)         drop_caches ;;
-    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|podman-cold|copy|fleet|stop|drop" >&2; exit 2 ;;
+    *) echo "usage: ctl.sh strata-cold|strata-warm|flatten|umoci|umoci-local|ctr-cold|ctr-warm|tar|podman-cold|rootless-cold|podman-rootless-cold|copy|fleet|stop|drop" >&2; exit 2 ;;
 esac
 exit 0

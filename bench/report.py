@@ -10,8 +10,8 @@ results, images = sys.argv[1], sys.argv[2].split()
 contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "podman-pull-mount", "tar-limit",
               "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
               "strata-commit-one-file", "strata-copy", "skopeo-copy", "registry-ingest",
-              "fleet-cache", "fleet-origin"]
-images = images + ["commit", "transfer", "fleet"]
+              "fleet-cache", "fleet-origin", "strata-root-cold", "strata-rootless-cold", "podman-rootless"]
+images = images + ["commit", "transfer", "fleet", "rootless"]
 
 
 def load(image, contender):
@@ -43,6 +43,8 @@ pairs = [
     ("strata-commit", "buildah-commit", 0.50),
     ("strata-commit", "buildah-commit-oci", 0.50),
     ("strata-copy", "skopeo-copy", 0.50),
+    ("strata-rootless-cold", "strata-root-cold", 1.10),
+    ("strata-rootless-cold", "podman-rootless", 0.50),
 ]
 print("| image | ratio | measured | target | met |")
 print("|---|---|---:|---:|---|")

@@ -4,8 +4,9 @@
 # Builds its images with public tools, serves them from a local registry.
 #   BENCH_DIR (default /var/tmp/strata-bench), BENCH_RUNS (default 3),
 #   BENCH_IMAGES (default "small debian layered smallfiles"), BENCH_PARTS (default
-#   "read commit transfer fleet": the pull/mount/flatten rows, the commit
-#   rows, the copy and push rows, the six-node fleet rows).
+#   "read commit transfer fleet rootless": the pull/mount/flatten rows, the
+#   commit rows, the copy and push rows, the six-node fleet rows, the
+#   rootless rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "just bench mounts and drops caches: run it as root" >&2; exit 1; }
@@ -16,7 +17,7 @@ for p in containerd hyperfine time pigz; do dpkg -s "$p" >/dev/null 2>&1 || { ap
 export W=${BENCH_DIR:-/var/tmp/strata-bench}
 runs=${BENCH_RUNS:-3}
 images=${BENCH_IMAGES:-small debian layered smallfiles}
-parts=${BENCH_PARTS:-read commit transfer fleet}
+parts=${BENCH_PARTS:-read commit transfer fleet rootless}
 mkdir -p "$W/images" "$W/results"
 rm -f "$W/results/"*.json
 cargo build --release --quiet
@@ -96,6 +97,9 @@ if [[ " $parts " == *" transfer "* ]]; then
 fi
 if [[ " $parts " == *" fleet "* ]]; then
     source bench/fleet.sh
+fi
+if [[ " $parts " == *" rootless "* ]]; then
+    source bench/rootless.sh
 fi
 
 python3 bench/report.py "$W/results" "$images" | tee "$W/results/table.md"

@@ -9,10 +9,12 @@
 //! another process with the same pid is stale and replaced.
 //!
 //! Every strata process that works on a rootless store joins the holder's
-//! namespaces with `setns` and holds a shared `flock` on `STATE/lock` while
-//! it is in them (`strata unshare` passes the lock to the command it runs).
-//! The holder is stopped only under the exclusive lock, so it never goes
-//! away under a process that uses it.
+//! namespaces with `setns` and holds a shared `flock` on `STATE/users`
+//! while it is in them (`strata unshare` passes it to the command it runs).
+//! The holder is stopped only with that lock had exclusively, so it never
+//! goes away under a process that uses it. Starting and stopping are
+//! serialised by `STATE/lock` (flock cannot turn a lock from exclusive to
+//! shared without a moment of holding none).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -88,7 +90,20 @@ fn start_time(pid: u32) -> Option<u64> {
 pub struct Namespace {
     dir: PathBuf,
     holder: Holder,
-    lock: File,
+    users: File,
+}
+
+fn lock_file(path: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening", path, e))
+}
+
+fn flock(file: &File, op: FlockOperation, path: &Path) -> Result<()> {
+    rustix::fs::flock(file, op).map_err(|e| Error::io("locking", path, e))
 }
 
 impl Namespace {
@@ -104,15 +119,9 @@ impl Namespace {
     /// [`Error::UsernsDisabled`], [`Error::MapRefused`], or a failed join.
     pub fn enter(state_dir: &Path, user: &User) -> Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|e| Error::io("creating", state_dir, e))?;
-        let lock_path = state_dir.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
-        rustix::fs::flock(&lock, FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        let (lock_path, users_path) = (state_dir.join("lock"), state_dir.join("users"));
+        let lock = lock_file(&lock_path)?;
+        flock(&lock, FlockOperation::LockExclusive, &lock_path)?;
         let holder = match Holder::read(state_dir).filter(Holder::alive) {
             Some(holder) => holder,
             None => {
@@ -122,13 +131,14 @@ impl Namespace {
                 holder
             }
         };
-        rustix::fs::flock(&lock, FlockOperation::LockShared)
-            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        let users = lock_file(&users_path)?;
+        flock(&users, FlockOperation::LockShared, &users_path)?;
         join(holder)?;
+        drop(lock);
         Ok(Self {
             dir: state_dir.to_owned(),
             holder,
-            lock,
+            users,
         })
     }
 
@@ -144,8 +154,8 @@ impl Namespace {
     /// # Errors
     /// When the descriptor flags cannot be changed.
     pub fn pass_to_exec(&self) -> Result<()> {
-        rustix::io::fcntl_setfd(&self.lock, rustix::io::FdFlags::empty())
-            .map_err(|e| Error::io("passing on", self.dir.join("lock"), e))
+        rustix::io::fcntl_setfd(&self.users, rustix::io::FdFlags::empty())
+            .map_err(|e| Error::io("passing on", self.dir.join("users"), e))
     }
 
     /// Leaves the holder running when `needed` (mounts live in it), else
@@ -154,7 +164,13 @@ impl Namespace {
         if needed {
             return;
         }
-        if rustix::fs::flock(&self.lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let lock_path = self.dir.join("lock");
+        let Ok(lock) = lock_file(&lock_path) else {
+            return;
+        };
+        if flock(&lock, FlockOperation::LockExclusive, &lock_path).is_err()
+            || rustix::fs::flock(&self.users, FlockOperation::NonBlockingLockExclusive).is_err()
+        {
             return;
         }
         if Holder::read(&self.dir) == Some(self.holder) && self.holder.alive() {
