@@ -37,8 +37,8 @@ pub(crate) fn enter(command: &Command, ctx: &Context) -> Result<Option<Namespace
     }
     let namespace = Namespace::enter(&root.join("ns"), user).with_context(|| {
         format!(
-            "rootless {} as {}",
-            ctx.store_root().display(),
+            "entering strata's user namespace for the store at {} as {}",
+            root.display(),
             user.label()
         )
     })?;

@@ -126,21 +126,14 @@ impl Privilege {
         }
     }
 
-    /// Whether extracted files get the image's owners (inside the
-    /// namespace, for a user): root, or a subuid range.
-    #[must_use]
-    pub fn keeps_owners(&self) -> bool {
-        self.mapping().is_none_or(|m| m == Mapping::Ranges)
-    }
-
     /// Whether device nodes can be made: only root in the initial namespace.
     #[must_use]
     pub fn makes_devices(&self) -> bool {
         matches!(self, Self::Root)
     }
 
-    /// Whether the process must enter strata's namespace before it writes
-    /// layers with owners or mounts: an ordinary user.
+    /// The ordinary user, who must enter strata's namespace before working
+    /// on the store; `None` for root, in a namespace or not.
     #[must_use]
     pub fn user(&self) -> Option<&User> {
         match self {
