@@ -7,6 +7,9 @@
 #   "read commit transfer fleet rootless": the pull/mount/flatten rows, the
 #   commit rows, the copy and push rows, the six-node fleet rows, the
 #   rootless rows).
+# The images are built once, in BENCH_DIR/images; every run writes to a
+# journaled ext4 made fresh for each bench on a loop device (BENCH_DIR/run,
+# results in BENCH_DIR/run/results): see fresh_fs below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "just bench mounts and drops caches: run it as root" >&2; exit 1; }
@@ -14,12 +17,28 @@ bash .ci/deps
 export DEBIAN_FRONTEND=noninteractive
 for p in containerd hyperfine time pigz; do dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq "$p"; }; done
 
-export W=${BENCH_DIR:-/var/tmp/strata-bench}
+base=${BENCH_DIR:-/var/tmp/strata-bench}
 runs=${BENCH_RUNS:-3}
 images=${BENCH_IMAGES:-small debian layered smallfiles}
 parts=${BENCH_PARTS:-read commit transfer fleet rootless}
-mkdir -p "$W/images" "$W/results"
-rm -f "$W/results/"*.json
+mkdir -p "$base/images"
+# The runs' own file system, made fresh: a journaled ext4 on a loop device
+# (direct I/O, so its pages are not cached twice). Every contender meets the
+# same fresh disk, and none pays for what an earlier run deleted: on a
+# no-journal ext4 (this VM's disk) inodes freed in the last minute are
+# skipped one by one when new ones are allocated, which made whichever run
+# came right after a deletion up to 1.7x slower.
+fresh_fs() {
+    local img=$base/run.ext4 mnt=$base/run
+    if mountpoint -q "$mnt"; then umount -R -l "$mnt"; fi
+    losetup -j "$img" -O NAME -n 2>/dev/null | xargs -r -n1 losetup -d
+    rm -f "$img"; truncate -s 64G "$img"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img"
+    mkdir -p "$mnt"; mount "$(losetup --direct-io=on -f --show "$img")" "$mnt"
+}
+fresh_fs
+export W=$base/run
+mkdir -p "$W/results"
 cargo build --release --quiet
 strata=$PWD/target/release/strata
 ctl="bash $PWD/bench/ctl.sh"
@@ -31,12 +50,12 @@ cache=${STRATA_TEST_CACHE:-/var/cache/strata-test}
 build() { # name script args...
     local name=$1 script=$2; shift 2
     local key; key=$(cat "$script" testdata/*.sh | sha256sum | cut -c1-12)
-    if [ ! -f "$W/images/$name-$key/done" ]; then
+    if [ ! -f "$base/images/$name-$key/done" ]; then
         echo "== building the $name image" >&2
-        bash "$script" "$@" "$W/images/$name-$key" >&2
-        touch "$W/images/$name-$key/done"
+        bash "$script" "$@" "$base/images/$name-$key" >&2
+        touch "$base/images/$name-$key/done"
     fi
-    echo "$W/images/$name-$key/layout"
+    echo "$base/images/$name-$key/layout"
 }
 small=$(build small testdata/build-busybox-image.sh)
 debian_key=$(sha256sum testdata/build-debian-image.sh | cut -c1-12)

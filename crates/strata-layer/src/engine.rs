@@ -12,11 +12,13 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode as FsMode, OFlags, Uid, XattrFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode as FsMode, XattrFlags};
 use tracing::warn;
 
 use crate::entry::{Entry, EntrySource, Kind};
+use crate::fanout::{self, Fanout};
 use crate::names::{Name, clean};
+use crate::regular::{FileRules, NewFile, gid, uid};
 use crate::tree::ContentHashes;
 use crate::{Error, Fixups, Mode, Options, OverlayXattr, Owners, Result, Summary, sys};
 
@@ -41,7 +43,9 @@ pub(crate) fn link_destination(link: &Path, target: &[u8]) -> Result<PathBuf> {
 pub(crate) struct Writer<'o> {
     root: OwnedFd,
     opts: &'o Options,
-    escape_overlay_xattrs: bool,
+    /// Small regular files in flight on the writer pool, and the rules
+    /// every file of the layer is written with.
+    fanout: Fanout,
     /// Paths this layer wrote, and their ancestors. In apply mode they are
     /// the resolved paths (a symlinked parent followed), so that an opaque
     /// marker or a whiteout of the real path keeps what was written through
@@ -93,17 +97,12 @@ pub(crate) struct Writer<'o> {
     /// where it landed, whether it is setgid (new files take its group).
     /// Dropped at any other entry, which may change or remove directories.
     file_parent: Option<FileParent>,
-    /// The process umask: a file whose mode it leaves whole is created
-    /// with that mode, and needs no `fchmod`.
-    umask: u32,
-    /// Who a new file belongs to without an `fchown`.
-    creator: (u64, u64),
 }
 
 /// The parent directory of consecutive regular-file entries, kept open.
 struct FileParent {
     lexical: PathBuf,
-    fd: std::rc::Rc<OwnedFd>,
+    fd: std::sync::Arc<OwnedFd>,
     landed: Option<PathBuf>,
     setgid: bool,
 }
@@ -115,14 +114,6 @@ pub(crate) struct DirMeta {
     mtime: i64,
     mtime_nsec: u32,
     inode: (u64, u64),
-}
-
-fn uid(n: u64) -> Option<Uid> {
-    u32::try_from(n).ok().map(Uid::from_raw)
-}
-
-fn gid(n: u64) -> Option<Gid> {
-    u32::try_from(n).ok().map(Gid::from_raw)
 }
 
 fn base(path: &Path) -> &OsStr {
@@ -141,7 +132,7 @@ impl<'o> Writer<'o> {
             root_path: sys::fd_path(&root),
             root,
             opts,
-            escape_overlay_xattrs: opts.mode == Mode::Overlay && sys::kernel_at_least(6, 7),
+            fanout: Fanout::new(FileRules::new(*opts)),
             touched: HashSet::new(),
             parent_cache: None,
             whiteouts: HashSet::new(),
@@ -161,11 +152,6 @@ impl<'o> Writer<'o> {
             buffer: vec![0; COPY_BUFFER],
             content: opts.content_hashes.then(ContentHashes::default),
             file_parent: None,
-            umask: sys::umask(),
-            creator: (
-                u64::from(rustix::process::geteuid().as_raw()),
-                u64::from(rustix::process::getegid().as_raw()),
-            ),
         })
     }
 
@@ -260,6 +246,11 @@ impl<'o> Writer<'o> {
         if entry.kind != Kind::File {
             self.file_parent = None;
         }
+        if !matches!(entry.kind, Kind::File | Kind::Dir) {
+            // Links, whiteouts, markers and nodes may touch any path: the
+            // files in flight land first.
+            self.settle()?;
+        }
         match entry.meaning()? {
             (_, Name::Opaque(dir)) => self.opaque_marker(&dir, &label),
             (_, Name::Whiteout(target)) => self.whiteout(&target, &label),
@@ -283,6 +274,11 @@ impl<'o> Writer<'o> {
                 if e.kind() == io::ErrorKind::NotFound
                     || e.raw_os_error() == Some(libc_enotdir()) => {}
             Err(e) => return Err(Error::io("opening", rel, e)),
+        }
+        // Something in the way or missing: decided on the tree as the
+        // entries before this one left it (a file in flight may be it).
+        if self.settle()? {
+            return self.ensure_dir_following(rel, label, hops);
         }
         if rel.as_os_str().is_empty() {
             return Err(Error::io(
@@ -499,16 +495,22 @@ impl<'o> Writer<'o> {
                     "it would replace the layer's root directory with a non-directory",
                 ));
             }
+            self.settle()?;
             let fd =
                 sys::resolve_read(&self.root, path).map_err(|e| Error::io("opening", "/", e))?;
             self.own(&fd, entry, path)?;
-            self.set_xattrs(&fd, entry, path, label)?;
+            self.set_xattrs(&fd, entry, path)?;
             self.defer_dir_metadata(&fd, path, entry)?;
             self.root_listed = true;
             return Ok(());
         }
         if entry.kind == Kind::File {
             return self.write_file(path, entry, data, label);
+        }
+        let at = self.resolved(path);
+        if self.fanout.conflicts(&at) {
+            // A directory where a file in flight lands, or above one.
+            self.settle()?;
         }
         let pfd = self.ensure_dir(parent(path), label)?;
         self.keep_parent_mtime(&pfd, parent(path));
@@ -602,7 +604,7 @@ impl<'o> Writer<'o> {
                 let fd = sys::open_nofollow(&pfd, name, true)
                     .map_err(|e| Error::io("opening", path, e))?;
                 self.own(&fd, entry, path)?;
-                self.set_xattrs(&fd, entry, path, label)?;
+                self.set_xattrs(&fd, entry, path)?;
                 if make_opaque {
                     self.set_opaque(&fd, path)?;
                 }
@@ -706,6 +708,13 @@ impl<'o> Writer<'o> {
         data: &mut dyn Read,
         label: &str,
     ) -> Result<()> {
+        // Where it lands, every link followed; the same path in flight (or
+        // one it would replace or be under) lands first.
+        let mut written = self.resolved(path);
+        if (self.fanout.conflicts(&written) || self.fanout.is_full()) && self.settle()? {
+            // What the caches say was decided before those files landed.
+            return self.write_file(path, entry, data, label);
+        }
         let lexical_parent = parent(path);
         let cached = self
             .file_parent
@@ -719,10 +728,12 @@ impl<'o> Writer<'o> {
             let setgid = rfs::fstat(&fd).is_ok_and(|st| st.st_mode & 0o2000 != 0);
             self.file_parent = Some(FileParent {
                 lexical: lexical_parent.to_owned(),
-                fd: std::rc::Rc::new(fd),
+                fd: std::sync::Arc::new(fd),
                 landed,
                 setgid,
             });
+            // Making the parent may have moved where it resolves.
+            written = self.resolved(path);
         }
         let (pfd, landed_dir, setgid) = {
             let p = self.file_parent.as_ref().expect("set above");
@@ -737,7 +748,6 @@ impl<'o> Writer<'o> {
             }
             None => path,
         };
-        let name = base(path);
         if self.opts.mode == Mode::Overlay {
             self.whiteouts.remove(path);
         }
@@ -748,72 +758,56 @@ impl<'o> Writer<'o> {
             // A later entry of the same name replaces a link to a lower file.
             self.lower_links.retain(|(link, _)| link != path);
         }
-        let permissions = entry.mode & 0o777;
-        let mode_at_create = entry.mode & 0o7000 == 0 && permissions & self.umask == 0;
-        let create = |pfd: &OwnedFd| {
-            rfs::openat(
-                pfd,
-                name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                FsMode::from_raw_mode(if mode_at_create { permissions } else { 0o600 }),
-            )
-        };
-        let fd = match create(&pfd) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::EXIST) => {
-                // An earlier entry (or a lower layer, in apply mode) has the
-                // name: it goes, whatever it is, and the file takes its place.
-                sys::remove_all_at(&*pfd, name).map_err(|e| Error::io("replacing", path, e))?;
-                create(&pfd).map_err(|e| Error::io("creating", path, e))?
-            }
-            Err(e) => return Err(Error::io("creating", path, e)),
-        };
-        let mut file = std::fs::File::from(fd);
-        let copy_error = |e| match e {
-            CopyError::Read(e) => crate::entry::stream_error(e),
-            CopyError::Write(e) => Error::io("writing", path, e),
-        };
-        if let Some(sparse) = &entry.sparse {
-            // Each chunk at its offset; the rest stays holes. The
-            // tree digest reads such a file back (no hash here).
-            for (offset, len) in &sparse.chunks {
-                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*offset))
-                    .map_err(|e| Error::io("writing", path, e))?;
-                let got = copy(&mut data.take(*len), &mut file, &mut self.buffer, None)
-                    .map_err(copy_error)?;
-                if got != *len {
-                    return Err(Error::entry(
-                        label,
-                        "the sparse file's data ends before its map does",
-                    ));
-                }
-            }
-            file.set_len(sparse.real_size)
-                .map_err(|e| Error::io("writing", path, e))?;
-        } else {
-            let mut hasher = self.content.as_ref().map(|_| blake3::Hasher::new());
-            let size =
-                copy(data, &mut file, &mut self.buffer, hasher.as_mut()).map_err(copy_error)?;
-            if let (Some(content), Some(hasher)) = (&mut self.content, hasher) {
-                content.insert(path, size, hasher.finalize());
-            }
-        }
-        // The creator's owner is the entry's unless the ids differ or a
-        // setgid parent gave the file its group.
-        if (entry.uid, entry.gid) != self.creator || setgid || self.opts.owners == Owners::Record {
-            self.own(&file, entry, path)?;
-        }
-        // After the owner: a chown clears setuid and setgid bits.
-        if !mode_at_create {
-            rfs::fchmod(&file, FsMode::from_raw_mode(entry.mode))
-                .map_err(|e| Error::io("setting the mode of", path, e))?;
-        }
-        self.set_xattrs(&file, entry, path, label)?;
-        rfs::futimens(&file, &sys::times(entry.mtime, entry.mtime_nsec))
-            .map_err(|e| Error::io("setting the mtime of", path, e))?;
-        let written = self.resolved(path);
         self.touch(&written);
+        if entry.sparse.is_none() && self.fanout.has_room(entry.size) {
+            // Small: its data read here, the file made on the pool.
+            let mut bytes = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
+            data.read_to_end(&mut bytes)
+                .map_err(crate::entry::stream_error)?;
+            return self.fanout.submit(fanout::Job {
+                parent: pfd,
+                path: path.to_owned(),
+                resolved: written,
+                entry: entry.clone(),
+                setgid,
+                data: bytes,
+                hash: self.content.is_some(),
+            });
+        }
+        let file = NewFile {
+            parent: &pfd,
+            path,
+            entry,
+            setgid,
+        };
+        let (buffer, hashing) = (&mut self.buffer, self.content.is_some());
+        let written = self.fanout.rules().write(&file, |out| {
+            write_body(out, entry, data, buffer, hashing, path, label)
+        })?;
+        self.summary.skipped += written.skipped;
+        if let (Some(content), Some(hash)) = (&mut self.content, written.hash) {
+            content.insert(path, written.size, hash);
+        }
         Ok(())
+    }
+
+    /// Waits for the files in flight and folds in what they did; whether
+    /// there were any (then the caches, made before they landed, go).
+    fn settle(&mut self) -> Result<bool> {
+        let settled = self.fanout.settle()?;
+        if !settled.waited {
+            return Ok(false);
+        }
+        self.summary.skipped += settled.skipped;
+        if let Some(content) = &mut self.content {
+            for (path, size, hash) in settled.hashes {
+                content.insert(&path, size, hash);
+            }
+        }
+        self.parent_cache = None;
+        self.last_parent = None;
+        self.file_parent = None;
+        Ok(true)
     }
 
     /// Whether the layer directory holds `rel` (resolved inside it, through
@@ -906,46 +900,16 @@ impl<'o> Writer<'o> {
     /// Gives a file or directory the entry's owner, as the options say:
     /// `chown`, or the override xattr where the ids cannot be had.
     fn own(&self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
-        match self.opts.owners {
-            Owners::Set => rfs::fchown(fd, uid(entry.uid), gid(entry.gid))
-                .map_err(|e| Error::io("setting the owner of", path, e)),
-            Owners::Record => rfs::fsetxattr(
-                fd,
-                crate::OVERRIDE_STAT_XATTR,
-                crate::override_stat::format(entry).as_bytes(),
-                XattrFlags::empty(),
-            )
-            .map_err(|e| Error::io("recording the owner of", path, e)),
-            Owners::Ignore => Ok(()),
-        }
+        self.fanout.rules().own(fd, entry, path)
     }
 
-    /// Sets an entry's xattrs. Overlay's own namespaces never pass through
-    /// as they are: a layer must not steer the overlay.
-    fn set_xattrs(&mut self, fd: impl AsFd, entry: &Entry, path: &Path, label: &str) -> Result<()> {
-        for (key, value) in &entry.xattrs {
-            let key = match overlay_xattr_policy(key, self.opts, self.escape_overlay_xattrs) {
-                XattrPolicy::Keep => key.clone(),
-                XattrPolicy::Escape(escaped) => escaped,
-                XattrPolicy::Drop => {
-                    warn!(entry = label, xattr = %key, "dropping an overlayfs xattr carried by the layer");
-                    self.summary.skipped += 1;
-                    continue;
-                }
-            };
-            match rfs::fsetxattr(fd.as_fd(), key.as_str(), value, XattrFlags::empty()) {
-                Ok(()) => {}
-                Err(e @ (rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM)) => {
-                    warn!(entry = label, xattr = %key, error = %io::Error::from(e), "cannot set xattr here; skipped");
-                    self.summary.skipped += 1;
-                }
-                Err(e) => return Err(Error::io("setting an xattr on", path, e)),
-            }
-        }
+    fn set_xattrs(&mut self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
+        self.summary.skipped += self.fanout.rules().set_xattrs(fd, entry, path)?;
         Ok(())
     }
 
     fn finish(mut self) -> Result<Summary> {
+        self.settle()?;
         for dir in std::mem::take(&mut self.opaque) {
             self.clear_lower(&dir)?;
         }
@@ -1034,6 +998,43 @@ use XattrPolicy::Escape;
 enum CopyError {
     Read(io::Error),
     Write(io::Error),
+}
+
+/// A file's data from the stream: each sparse chunk at its offset (the rest
+/// stays holes, unhashed: the tree digest reads such a file back), or the
+/// whole of it, hashed when asked.
+fn write_body(
+    out: &mut std::fs::File,
+    entry: &Entry,
+    data: &mut dyn Read,
+    buffer: &mut [u8],
+    hashing: bool,
+    path: &Path,
+    label: &str,
+) -> Result<(u64, Option<blake3::Hash>)> {
+    let copy_error = |e| match e {
+        CopyError::Read(e) => crate::entry::stream_error(e),
+        CopyError::Write(e) => Error::io("writing", path, e),
+    };
+    let Some(sparse) = &entry.sparse else {
+        let mut hasher = hashing.then(blake3::Hasher::new);
+        let size = copy(data, out, buffer, hasher.as_mut()).map_err(copy_error)?;
+        return Ok((size, hasher.map(|h| h.finalize())));
+    };
+    for (offset, len) in &sparse.chunks {
+        std::io::Seek::seek(out, std::io::SeekFrom::Start(*offset))
+            .map_err(|e| Error::io("writing", path, e))?;
+        let got = copy(&mut data.take(*len), out, buffer, None).map_err(copy_error)?;
+        if got != *len {
+            return Err(Error::entry(
+                label,
+                "the sparse file's data ends before its map does",
+            ));
+        }
+    }
+    out.set_len(sparse.real_size)
+        .map_err(|e| Error::io("writing", path, e))?;
+    Ok((0, None))
 }
 
 fn copy(

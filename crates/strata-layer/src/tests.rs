@@ -1216,3 +1216,100 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
         "a mode change is seen"
     );
 }
+
+/// Issue 16, 2: a file the writer pool cannot create (a name past the
+/// kernel's 255 bytes, among small files that go to the pool) fails the
+/// layer with that file's error, the files beside it ended, in either mode.
+#[test]
+fn a_file_the_pool_cannot_create_fails_the_layer_with_its_error() {
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..300 {
+            let name = if i == 150 {
+                format!("d/{}", "n".repeat(300))
+            } else {
+                format!("d/f{i}")
+            };
+            let mut h = header(tar::EntryType::Regular, 0o644, 3);
+            b.append_data(&mut h, &name, &b"abc"[..]).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let target = dir();
+        let e = extract(&tar[..], None, None, target.path(), &opts(mode)).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("creating") && message.contains("nnnn"),
+            "{mode:?}: the error should name the file it could not create: {message}"
+        );
+        assert!(
+            format!("{e:?}").contains("name too long") || message.contains("name too long"),
+            "{mode:?}: the error should say why: {e:?}"
+        );
+    }
+}
+
+/// Issue 16, 2: with every file held in flight (the pool sleeps before each),
+/// the entries after it still see the tree as if it had landed: the last
+/// of two files of one name wins, a file replaces a directory of files in
+/// flight, a file below a file is refused, one file by two spellings (a
+/// symlink of the layer) is one file, a hard link finds its target.
+#[test]
+fn files_in_flight_land_before_the_entries_that_concern_them() {
+    struct Delay;
+    impl Drop for Delay {
+        fn drop(&mut self) {
+            crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::ZERO));
+        }
+    }
+    crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::from_millis(30)));
+    let _reset = Delay;
+    for mode in [Mode::Overlay, Mode::Apply] {
+        let target = dir();
+        layer(
+            &[
+                E::Dir("d/"),
+                E::File("d/a", b"first"),
+                E::File("d/b", b"b"),
+                E::File("d/a", b"second"),
+                E::Dir("e/"),
+                E::File("e/x", b"x"),
+                E::File("e/y", b"y"),
+                E::File("e", b"now a file"),
+                E::Dir("real/"),
+                E::Sym("alias", "real"),
+                E::File("alias/f", b"1"),
+                E::File("real/f", b"two"),
+                E::File("g", b"g"),
+                E::Link("h", "g"),
+            ],
+            target.path(),
+            mode,
+        )
+        .unwrap();
+        let read = |p: &str| std::fs::read(target.path().join(p)).unwrap();
+        assert_eq!(read("d/a"), b"second", "{mode:?}: the last d/a wins");
+        assert_eq!(read("e"), b"now a file", "{mode:?}");
+        assert!(
+            std::fs::symlink_metadata(target.path().join("e"))
+                .unwrap()
+                .is_file()
+        );
+        assert_eq!(read("real/f"), b"two", "{mode:?}: real/f is alias/f");
+        assert_eq!(
+            std::fs::metadata(target.path().join("h")).unwrap().ino(),
+            std::fs::metadata(target.path().join("g")).unwrap().ino(),
+            "{mode:?}: h is a link to g"
+        );
+        let target = dir();
+        let e = layer(
+            &[E::Dir("d/"), E::File("d/p", b"p"), E::File("d/p/x", b"x")],
+            target.path(),
+            mode,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("is not a directory"),
+            "{mode:?}: {e}"
+        );
+    }
+}
