@@ -442,6 +442,34 @@ fn privileged_rootless_commit_round_trip_flattens_to_the_merged_view() {
         &seen,
         "flatten of the rootless commit vs the merged view",
     );
+    // Pushed by the user as an OCI layout, unpacked by umoci as root: the
+    // image's owners are the ones the user saw inside the namespace.
+    let layout = s.path("pushed");
+    run_ok(
+        user.strata(&s)
+            .args(["push", "app:rootless"])
+            .arg(format!("oci:{}:pushed", layout.display())),
+    );
+    crate::util::require_tool("umoci", "umoci");
+    let bundle = s.path("bundle");
+    run_ok(
+        std::process::Command::new("umoci")
+            .arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:pushed", layout.display()))
+            .arg(&bundle),
+    );
+    // The base image's device nodes, which a user namespace cannot make,
+    // are in the image (umoci, as root, makes them) but not in the view.
+    let mut unpacked = manifest_with_links(&bundle.join("rootfs"));
+    unpacked.retain(|path, node| {
+        seen.contains_key(path) || !(node.starts_with("char ") || node.starts_with("block "))
+    });
+    assert_same(
+        &unpacked,
+        &seen,
+        "umoci unpack of the rootless push vs the merged view",
+    );
     run_ok(user.strata(&s).args(["umount", "rw"]));
     run_ok(user.strata(&s).args(["fsck"]));
 }
