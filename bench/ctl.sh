@@ -5,7 +5,7 @@ set -uo pipefail
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 unmount_all() {
     # Everything mounted under the bench directory, deepest first.
-    awk -v w="$W" '$5 ~ "^"w {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+    awk -v w="$W" '$5 ~ "^"w"/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 }
 start_containerd() {
     mkdir -p "$W/containerd"

@@ -37,8 +37,9 @@ const MAX_TRACKED: usize = 16 << 10;
 /// Bytes of data in flight per layer (bounds the memory a layer holds).
 const MAX_BYTES: usize = 2 << 20;
 
-/// The process's writer pool: a thread per core.
-fn pool() -> &'static rayon::ThreadPool {
+/// The process's writer pool: a thread per core. Files are written on it,
+/// and the tree digest looks up a directory's names on it.
+pub(crate) fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()

@@ -1313,3 +1313,39 @@ fn files_in_flight_land_before_the_entries_that_concern_them() {
         );
     }
 }
+
+/// Issue 16: the tree digest looks a directory's names up ahead, in batches
+/// of 1024 on the writer pool. A directory of 2 600 names of every kind,
+/// interleaved in name order, digests as the one-by-one lookup does, and a
+/// change deep in the last batch is seen.
+#[test]
+fn the_tree_digest_looked_up_in_parallel_equals_one_by_one() {
+    let d = dir();
+    let big = d.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..2600 {
+        let p = big.join(format!("n{i:04}"));
+        match i % 4 {
+            0 => std::fs::write(&p, format!("file {i}")).unwrap(),
+            1 => std::os::unix::fs::symlink(format!("target-{i}"), &p).unwrap(),
+            2 => {
+                std::fs::create_dir(&p).unwrap();
+                std::fs::write(p.join("inside"), b"x").unwrap();
+            }
+            _ => std::fs::write(&p, b"").unwrap(),
+        }
+    }
+    let none = crate::ContentHashes::default();
+    let sequential = |on: bool| crate::tree::SEQUENTIAL.with(|s| s.set(on));
+    let parallel = crate::tree_digest(d.path(), &none).unwrap();
+    sequential(true);
+    let one_by_one = crate::tree_digest(d.path(), &none).unwrap();
+    sequential(false);
+    assert_eq!(parallel, one_by_one);
+    std::fs::set_permissions(big.join("n2400"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_ne!(
+        crate::tree_digest(d.path(), &none).unwrap(),
+        parallel,
+        "a mode change in the last batch is seen"
+    );
+}

@@ -102,12 +102,81 @@ fn kind_of(st: &rfs::Stat) -> u8 {
     }
 }
 
-/// One directory being read: its path, the names left, and its parent's
-/// identity (to check `..` against).
+/// One directory being read: its path, its names, how far it is read, what
+/// was looked up ahead for the next ones, and its parent's identity (to
+/// check `..` against).
 struct Level {
     rel: PathBuf,
-    names: std::vec::IntoIter<std::ffi::OsString>,
+    names: Vec<std::ffi::OsString>,
+    next: usize,
+    ahead: std::collections::VecDeque<io::Result<Looked>>,
     parent: Option<(u64, u64)>,
+}
+
+/// A name's metadata, looked up ahead: its stat and, for anything but a
+/// directory (whose xattrs are read from the descriptor it is entered by),
+/// its xattrs.
+struct Looked {
+    st: rfs::Stat,
+    xattrs: Option<Vec<(String, Vec<u8>)>>,
+}
+
+/// Names looked up ahead at once; a batch this big or bigger is looked up
+/// on the writer pool (both cores: a fresh layer of many small files costs
+/// two calls per file here, and nothing else).
+const AHEAD: usize = 1024;
+const AHEAD_ON_POOL: usize = 32;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: look every name up on the walking thread (the reference the
+    /// parallel lookup is checked against).
+    pub(crate) static SEQUENTIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn on_pool(batch: usize) -> bool {
+    #[cfg(test)]
+    if SEQUENTIAL.with(std::cell::Cell::get) {
+        return false;
+    }
+    batch >= AHEAD_ON_POOL
+}
+
+fn look(dir: &OwnedFd, name: &OsStr) -> io::Result<Looked> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let xattrs = match sys::file_type(&st) {
+        FileType::Directory => None,
+        _ => Some(sys::xattrs_at(dir, name)?),
+    };
+    Ok(Looked { st, xattrs })
+}
+
+impl Level {
+    /// The next name and its metadata; the next batch is looked up (in
+    /// parallel) when the last is used up. `dir` is this level's directory.
+    fn next(&mut self, dir: &OwnedFd) -> Option<(std::ffi::OsString, io::Result<Looked>)> {
+        use rayon::prelude::*;
+        if self.next == self.names.len() {
+            return None;
+        }
+        if self.ahead.is_empty() {
+            let batch = &self.names[self.next..self.names.len().min(self.next + AHEAD)];
+            self.ahead = if on_pool(batch.len()) {
+                crate::fanout::pool().install(|| {
+                    batch
+                        .par_iter()
+                        .map(|name| look(dir, name))
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+            } else {
+                batch.iter().map(|name| look(dir, name)).collect()
+            };
+        }
+        let name = std::mem::take(&mut self.names[self.next]);
+        self.next += 1;
+        Some((name, self.ahead.pop_front().expect("looked up ahead")))
+    }
 }
 
 /// The walk: every directory is read through its own descriptor and left
@@ -146,7 +215,7 @@ impl Walk<'_> {
         let mut fd = root;
         let mut levels = vec![self.level(&fd, PathBuf::new(), None)?];
         while let Some(level) = levels.last_mut() {
-            let Some(name) = level.names.next() else {
+            let Some((name, looked)) = level.next(&fd) else {
                 let done = levels.pop().expect("a level");
                 let Some(parent) = done.parent else { break };
                 let rel = levels.last().map_or(PathBuf::new(), |l| l.rel.clone());
@@ -162,8 +231,8 @@ impl Walk<'_> {
             };
             let rel = level.rel.clone();
             let path = rel.join(&name);
-            let st = rfs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| named(&path, e.into()))?;
+            let Looked { st, xattrs } = looked.map_err(|e| named(&path, e))?;
+            let xattrs = xattrs.unwrap_or_default();
             match kind_of(&st) {
                 b'd' => {
                     let child =
@@ -189,18 +258,13 @@ impl Walk<'_> {
                         // The writer hashed it: the xattrs are all that is
                         // left to read, by name (no open, no close).
                         Some(hash) => {
-                            let xattrs = sys::xattrs_at(&fd, &name).map_err(|e| named(&path, e))?;
                             self.header(&path, &st, xattrs);
                             hash
                         }
                         None => {
                             let file = sys::open_nofollow(&fd, &name, false)
                                 .map_err(|e| named(&path, e))?;
-                            self.header(
-                                &path,
-                                &st,
-                                sys::xattrs(&file).map_err(|e| named(&path, e))?,
-                            );
+                            self.header(&path, &st, xattrs);
                             hash_reader(&mut File::from(file), &mut self.buffer)
                                 .map_err(|e| named(&path, e))?
                         }
@@ -209,7 +273,6 @@ impl Walk<'_> {
                     self.hasher.update(&hash);
                 }
                 kind => {
-                    let xattrs = sys::xattrs_at(&fd, &name).map_err(|e| named(&path, e))?;
                     self.header(&path, &st, xattrs);
                     match kind {
                         b'l' => {
@@ -241,7 +304,9 @@ impl Walk<'_> {
         self.hasher.update(&(names.len() as u64).to_le_bytes());
         Ok(Level {
             rel,
-            names: names.into_iter(),
+            names,
+            next: 0,
+            ahead: std::collections::VecDeque::new(),
             parent,
         })
     }
