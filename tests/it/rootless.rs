@@ -45,10 +45,10 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Waits (up to 5 s) for the user's holder to exit after its last mount.
-fn holder_stops(user: &User) -> bool {
+/// Waits (up to 5 s) for the store's holder to exit after its last mount.
+fn holder_stops(s: &Scratch) -> bool {
     for _ in 0..50 {
-        if !user.holder_running() {
+        if !s.holder_running() {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -82,7 +82,7 @@ fn privileged_rootless_pull_and_mount_shows_the_root_tree_inside_strata_unshare(
         last.contains("strata unshare -- chroot") && last.contains("/rootfs"),
         "the last line says how to enter: {last}"
     );
-    assert!(user.holder_running(), "the mount's holder runs");
+    assert!(s.holder_running(), "the mount's holder runs");
     assert!(
         std::fs::read_dir(s.path("rootfs"))
             .unwrap()
@@ -157,13 +157,13 @@ fn privileged_rootless_pull_and_mount_shows_the_root_tree_inside_strata_unshare(
     // `strata umount` from outside ends each mount; the holder goes with the last.
     run_ok(user.strata(&s).args(["umount", "rootfs"]));
     assert!(
-        user.holder_running(),
+        s.holder_running(),
         "the writable mount still needs the holder"
     );
     run_ok(user.strata(&s).args(["umount", "rw"]));
     let listed = run_ok(user.strata(&s).arg("mounts"));
     assert!(listed.is_empty(), "no mounts left: {}", text(&listed));
-    assert!(holder_stops(user), "the holder exits with the last mount");
+    assert!(holder_stops(&s), "the holder exits with the last mount");
     run_ok(user.strata(&s).args(["fsck"]));
 
     // A holder that dies takes its mounts along: `mounts` marks the records
@@ -173,14 +173,14 @@ fn privileged_rootless_pull_and_mount_shows_the_root_tree_inside_strata_unshare(
     let record = std::fs::read_to_string(s.store().join("ns/holder")).unwrap();
     let pid = record.split(':').next().unwrap().to_owned();
     run_ok(std::process::Command::new("kill").args(["-9", &pid]));
-    assert!(holder_stops(user));
+    assert!(holder_stops(&s));
     let listed = text(&run_ok(user.strata(&s).arg("mounts")));
     assert_eq!(listed.matches("stale").count(), 2, "{listed}");
     run_ok(user.strata(&s).arg("gc"));
     let listed = text(&run_ok(user.strata(&s).arg("mounts")));
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.contains("kept upper"), "{listed}");
-    assert!(holder_stops(user), "gc leaves no holder behind");
+    assert!(holder_stops(&s), "gc leaves no holder behind");
 }
 
 #[test]

@@ -124,6 +124,29 @@ impl Scratch {
     pub fn store(&self) -> PathBuf {
         self.path("home/.local/share/strata")
     }
+
+    /// Whether the holder this store's record names (`ns/holder`,
+    /// `PID:START`) is running: that process, started then, named
+    /// `strata-holder`. Not any holder of the user's: other tests run their
+    /// own stores, with their own holders, as the same user at once.
+    pub fn holder_running(&self) -> bool {
+        let Ok(record) = std::fs::read_to_string(self.store().join("ns/holder")) else {
+            return false;
+        };
+        let Some((pid, start)) = record.trim().split_once(':') else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The command name (field 2) may hold spaces; the start time is
+        // field 22, the 20th after it.
+        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            return false;
+        };
+        comm == "strata-holder" && rest.split(' ').nth(19) == Some(start)
+    }
 }
 
 impl Drop for Scratch {
@@ -179,13 +202,5 @@ impl User {
     /// `strata` as the user.
     pub fn strata(&self, scratch: &Scratch) -> Command {
         self.command(scratch, env!("CARGO_BIN_EXE_strata"))
-    }
-
-    /// Whether a holder process of the user's is running.
-    pub fn holder_running(&self) -> bool {
-        Command::new("pgrep")
-            .args(["-u", &self.uid.to_string(), "-x", "strata-holder"])
-            .output()
-            .is_ok_and(|o| o.status.success())
     }
 }
