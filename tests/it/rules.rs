@@ -928,3 +928,40 @@ cases! {
         [symlink("a", "real"), hardlink("l", "a/f")],
     ];
 }
+
+/// Issue 16, from an attack on the pool: without `/proc` no path can be
+/// resolved through a symlink, so two spellings of one file (`lib/f` over
+/// `lib -> usr/lib`, then `usr/lib/f`) cannot be told apart: every file is
+/// then written in order, and the later one wins in every file, as umoci's.
+#[test]
+fn privileged_r16_without_proc_two_spellings_of_a_file_keep_their_order() {
+    require_tool("unshare", "util-linux");
+    let mut upper = Vec::new();
+    for i in 0..200 {
+        upper.push(file(format!("lib/f{i}"), &[b'A'; 2000]));
+        upper.push(file(format!("usr/lib/f{i}"), &[b'B'; 3000]));
+    }
+    let env = Env::new();
+    let layout = env.path("layout");
+    let lower = layer(&[dir("usr/"), dir("usr/lib/"), symlink("lib", "usr/lib")]);
+    write_layout(&layout, "t", &[lower, layer(&upper)], &["/bin/sh"]);
+    let out = env.path("out");
+    let strata = crate::util::strata();
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"umount -l /proc && exec "$0" "$@""#)
+        .arg(strata.get_program())
+        .args(["--store"])
+        .arg(env.path("no-store"))
+        .args(["-q", "flatten"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(&out)
+        .envs(strata.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .status()
+        .unwrap();
+    assert!(status.success(), "flatten without /proc failed");
+    for i in 0..200 {
+        let got = std::fs::read(out.join(format!("usr/lib/f{i}"))).unwrap();
+        assert_eq!(got, vec![b'B'; 3000], "usr/lib/f{i}: the later entry wins");
+    }
+}

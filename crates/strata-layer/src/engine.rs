@@ -128,11 +128,15 @@ impl<'o> Writer<'o> {
     pub(crate) fn new(target: &Path, opts: &'o Options) -> Result<Self> {
         let root = sys::open_root(target)
             .map_err(|e| Error::io("opening the target directory", target, e))?;
+        let root_path = sys::fd_path(&root);
         Ok(Self {
-            root_path: sys::fd_path(&root),
+            // Without `/proc` no path can be resolved through a symlink, so
+            // two spellings of one file could not be told apart: every file
+            // is then written here, in order.
+            fanout: Fanout::new(FileRules::new(*opts), root_path.is_some()),
+            root_path,
             root,
             opts,
-            fanout: Fanout::new(FileRules::new(*opts)),
             touched: HashSet::new(),
             parent_cache: None,
             whiteouts: HashSet::new(),
@@ -157,8 +161,21 @@ impl<'o> Writer<'o> {
 
     /// Consumes every entry of `source`, then finishes the layer.
     pub(crate) fn run(mut self, source: &mut dyn EntrySource) -> Result<Summary> {
-        source.visit(&mut |entry, data| self.entry(entry, data))?;
+        if let Err(e) = source.visit(&mut |entry, data| self.entry(entry, data)) {
+            // A file on the pool that failed came earlier in the layer: its
+            // error is the one a one-by-one extraction would have met.
+            return Err(self.fanout.settle().err().unwrap_or(e));
+        }
         self.finish()
+    }
+
+    /// Whether an entry at `lexical`, landing at `resolved`, must wait for
+    /// the files in flight: it could touch one (the same path, below one,
+    /// a directory above one), or its path goes through a symlink, which a
+    /// file in flight may be about to replace.
+    fn must_wait(&self, lexical: &Path, resolved: &Path) -> bool {
+        self.fanout.in_flight()
+            && (self.fanout.conflicts(resolved) || parent(resolved) != parent(lexical))
     }
 
     /// Apply mode: `dir` resolved through every symlink, as a path relative
@@ -508,8 +525,9 @@ impl<'o> Writer<'o> {
             return self.write_file(path, entry, data, label);
         }
         let at = self.resolved(path);
-        if self.fanout.conflicts(&at) {
-            // A directory where a file in flight lands, or above one.
+        if self.must_wait(path, &at) {
+            // A directory where a file in flight lands, above one, or
+            // through a symlink.
             self.settle()?;
         }
         let pfd = self.ensure_dir(parent(path), label)?;
@@ -711,7 +729,7 @@ impl<'o> Writer<'o> {
         // Where it lands, every link followed; the same path in flight (or
         // one it would replace or be under) lands first.
         let mut written = self.resolved(path);
-        if (self.fanout.conflicts(&written) || self.fanout.is_full()) && self.settle()? {
+        if (self.must_wait(path, &written) || self.fanout.is_full()) && self.settle()? {
             // What the caches say was decided before those files landed.
             return self.write_file(path, entry, data, label);
         }

@@ -9,8 +9,9 @@
 //! image's shape: one layer of 200 000 files as much as seven big ones.
 //!
 //! Order is kept by the layer's thread: before an entry that could touch a
-//! file in flight (the same path, a path below one, a directory above one)
-//! and before any entry other than a file or directory (links, whiteouts,
+//! file in flight (the same path, a path below one, a directory above one,
+//! a path through a symlink, which a file in flight may replace) and before
+//! any entry other than a file or directory (links, whiteouts,
 //! opaque markers, devices), it waits for every file in flight
 //! ([`Fanout::conflicts`], [`Fanout::settle`]). Directory metadata is set at
 //! the layer's end, after the last wait. In flight are at most
@@ -61,6 +62,8 @@ thread_local! {
 /// One layer's files in flight.
 pub(crate) struct Fanout {
     rules: Arc<FileRules>,
+    /// Whether files go to the pool at all.
+    enabled: bool,
     #[cfg(test)]
     delay: std::time::Duration,
     state: Arc<State>,
@@ -110,9 +113,10 @@ pub(crate) struct Job {
 }
 
 impl Fanout {
-    pub(crate) fn new(rules: FileRules) -> Self {
+    pub(crate) fn new(rules: FileRules, enabled: bool) -> Self {
         Self {
             rules: Arc::new(rules),
+            enabled,
             #[cfg(test)]
             delay: TEST_DELAY.with(std::cell::Cell::get),
             state: Arc::default(),
@@ -129,14 +133,19 @@ impl Fanout {
     /// Whether an entry landing at `resolved` could touch a file in flight:
     /// it is one, it is below one, or it is a directory above one.
     pub(crate) fn conflicts(&self, resolved: &Path) -> bool {
-        !self.files.is_empty()
+        self.in_flight()
             && (self.dirs.contains(resolved)
                 || resolved.ancestors().any(|a| self.files.contains(a)))
     }
 
+    /// Whether any file went to the pool since the last wait.
+    pub(crate) fn in_flight(&self) -> bool {
+        !self.files.is_empty()
+    }
+
     /// Whether a file of `size` bytes may go to the pool now.
     pub(crate) fn has_room(&self, size: u64) -> bool {
-        if size > MAX_FILE {
+        if !self.enabled || size > MAX_FILE {
             return false;
         }
         if self.files.len() + self.dirs.len() >= MAX_TRACKED {

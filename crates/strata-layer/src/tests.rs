@@ -17,6 +17,7 @@ fn require_root() {
 }
 
 /// One tar entry to build.
+#[derive(Clone, Copy)]
 enum E<'a> {
     File(&'a str, &'a [u8]),
     FileMode(&'a str, &'a [u8], u32, u64),
@@ -1347,5 +1348,67 @@ fn the_tree_digest_looked_up_in_parallel_equals_one_by_one() {
         crate::tree_digest(d.path(), &none).unwrap(),
         parallel,
         "a mode change in the last batch is seen"
+    );
+}
+
+/// Issue 16, from an attack on the pool: a file in flight that replaces a
+/// symlink must land before a later entry goes through that symlink (the
+/// entry then meets a file, not the symlink's target), directly or through
+/// a chain of symlinks, in apply mode over a lower layer and in overlay
+/// mode within one layer.
+#[test]
+fn an_entry_through_a_symlink_a_file_in_flight_replaces_is_refused() {
+    struct Delay;
+    impl Drop for Delay {
+        fn drop(&mut self) {
+            crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::ZERO));
+        }
+    }
+    crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::from_millis(30)));
+    let _reset = Delay;
+    let lower = [E::Dir("d/"), E::Sym("l", "d"), E::Sym("m", "l")];
+    for upper in [
+        [E::File("l", b"now a file"), E::File("l/x", b"x")],
+        [E::File("l", b"now a file"), E::File("m/x", b"x")],
+        [E::File("l", b"now a file"), E::Dir("l/sub/")],
+    ] {
+        let target = dir();
+        layer(&lower, target.path(), Mode::Apply).unwrap();
+        let e = layer(&upper, target.path(), Mode::Apply).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "apply: {e}");
+        assert!(!target.path().join("d/x").exists() && !target.path().join("d/sub").exists());
+
+        let mut one = lower.to_vec();
+        one.extend(upper);
+        let target = dir();
+        let e = layer(&one, target.path(), Mode::Overlay).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "overlay: {e}");
+    }
+}
+
+/// Issue 16, from an attack on the pool: when a file on the pool fails and
+/// a later entry fails too, the layer reports the earlier one, as a
+/// one-by-one extraction would.
+#[test]
+fn the_first_failure_in_the_layer_is_the_one_reported() {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..120 {
+        let mut h = header(tar::EntryType::Regular, 0o644, 3);
+        b.append_data(&mut h, format!("d/f{i}"), &b"abc"[..])
+            .unwrap();
+    }
+    let mut h = header(tar::EntryType::Regular, 0o644, 3);
+    b.append_data(&mut h, format!("d/{}", "n".repeat(300)), &b"abc"[..])
+        .unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o644, 3000);
+    b.append_data(&mut h, "after", &[7u8; 3000][..]).unwrap();
+    let mut tar = b.into_inner().unwrap();
+    // Cut inside the last file's data: a second, later error.
+    tar.truncate(tar.len() - 1024 - 2048);
+    let target = dir();
+    let e = extract(&tar[..], None, None, target.path(), &opts(Mode::Apply)).unwrap_err();
+    assert!(
+        e.to_string().contains("creating") && e.to_string().contains("nnnn"),
+        "the long name's error, not the cut: {e}"
     );
 }
