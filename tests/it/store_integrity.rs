@@ -383,3 +383,41 @@ fn privileged_concurrent_pulls_mounts_rms_and_gcs_on_one_store_finish_cleanly() 
     );
     fsck_clean(&env, "the rounds");
 }
+
+/// A `mount` killed after writing its record and before mounting leaves a
+/// second record of the mountpoint once the directory is mounted again (as
+/// the kill loop above found at random): `umount` ends every record of the
+/// mountpoint, so none is left behind as if mounted.
+#[test]
+fn privileged_umount_ends_every_record_of_its_mountpoint() {
+    let env = Env::new();
+    let (image, _) = images(&env);
+    let dir = env.path("rootfs");
+    run_ok(
+        env.strata()
+            .args(["-q", "pull-and-mount", &image])
+            .arg(&dir),
+    );
+    // The killed mount's leftover: the same record under another id.
+    let mounts = env.store().join("mounts");
+    let live = std::fs::read_dir(&mounts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(live.join("mount.json")).unwrap()).unwrap();
+    record["id"] = serde_json::json!("leftover");
+    std::fs::create_dir(mounts.join("leftover")).unwrap();
+    std::fs::write(
+        mounts.join("leftover/mount.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(env.json(&["mounts"]).as_array().unwrap().len(), 2);
+    run_ok(env.strata().arg("umount").arg(&dir));
+    assert!(!is_mounted(&dir));
+    assert_eq!(env.json(&["mounts"]), serde_json::json!([]));
+    fsck_clean(&env, "after umount");
+}

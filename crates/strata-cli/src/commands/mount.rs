@@ -254,12 +254,16 @@ pub fn run_umount(args: &UmountArgs, ctx: &Context, out: &mut Output) -> Result<
     let store = ctx.store()?;
     let mountpoint = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("resolving {}", args.dir.display()))?;
-    let record = store
+    // Every record of the mountpoint: a mount killed after writing its
+    // record and before mounting leaves one more beside the live one, and
+    // none of them is live once the directory is unmounted.
+    let records: Vec<_> = store
         .mounts()?
         .into_iter()
-        .find(|m| m.mountpoint == mountpoint && !m.kept);
+        .filter(|m| m.mountpoint == mountpoint && !m.kept)
+        .collect();
     let mounted = is_mountpoint(&mountpoint)?;
-    let Some(record) = record else {
+    if records.is_empty() {
         if mounted {
             bail!(
                 "{} is a mount, but not one strata made with this store ({})",
@@ -268,16 +272,21 @@ pub fn run_umount(args: &UmountArgs, ctx: &Context, out: &mut Output) -> Result<
             );
         }
         bail!("{} is not mounted", args.dir.display());
-    };
+    }
     if mounted {
         strata_stack::unmount(&mountpoint)?;
     }
-    let upper = store.mount_dir(&record.id).join("upper");
-    let keep = args.keep && record.writable;
-    store.remove_mount(&record.id, keep)?;
+    let mut kept = Vec::new();
+    for record in &records {
+        let keep = args.keep && record.writable;
+        store.remove_mount(&record.id, keep)?;
+        if keep {
+            kept.push(store.mount_dir(&record.id).join("upper"));
+        }
+    }
     ctx.progress
         .summary(&format!("unmounted {}", mountpoint.display()));
-    if keep {
+    for upper in kept {
         out.line(&upper.display().to_string())?;
     }
     Ok(())
