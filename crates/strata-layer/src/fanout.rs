@@ -148,9 +148,6 @@ impl Fanout {
         if !self.enabled || size > MAX_FILE {
             return false;
         }
-        if self.files.len() + self.dirs.len() >= MAX_TRACKED {
-            return false;
-        }
         let progress = self.state.progress.lock().expect("fanout lock");
         progress.files < MAX_FILES && progress.bytes + size as usize <= MAX_BYTES
     }

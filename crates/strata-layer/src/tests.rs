@@ -1249,6 +1249,20 @@ fn a_file_the_pool_cannot_create_fails_the_layer_with_its_error() {
     }
 }
 
+/// Makes the writer pool sleep 30 ms before each file of the layers this
+/// thread extracts, until the guard is dropped: files are surely still in
+/// flight when the entries after them are read.
+fn hold_files_in_flight() -> impl Drop {
+    struct Held;
+    impl Drop for Held {
+        fn drop(&mut self) {
+            crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::ZERO));
+        }
+    }
+    crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::from_millis(30)));
+    Held
+}
+
 /// Issue 16, 2: with every file held in flight (the pool sleeps before each),
 /// the entries after it still see the tree as if it had landed: the last
 /// of two files of one name wins, a file replaces a directory of files in
@@ -1256,14 +1270,7 @@ fn a_file_the_pool_cannot_create_fails_the_layer_with_its_error() {
 /// symlink of the layer) is one file, a hard link finds its target.
 #[test]
 fn files_in_flight_land_before_the_entries_that_concern_them() {
-    struct Delay;
-    impl Drop for Delay {
-        fn drop(&mut self) {
-            crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::ZERO));
-        }
-    }
-    crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::from_millis(30)));
-    let _reset = Delay;
+    let _held = hold_files_in_flight();
     for mode in [Mode::Overlay, Mode::Apply] {
         let target = dir();
         layer(
@@ -1358,14 +1365,7 @@ fn the_tree_digest_looked_up_in_parallel_equals_one_by_one() {
 /// mode within one layer.
 #[test]
 fn an_entry_through_a_symlink_a_file_in_flight_replaces_is_refused() {
-    struct Delay;
-    impl Drop for Delay {
-        fn drop(&mut self) {
-            crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::ZERO));
-        }
-    }
-    crate::fanout::TEST_DELAY.with(|d| d.set(std::time::Duration::from_millis(30)));
-    let _reset = Delay;
+    let _held = hold_files_in_flight();
     let lower = [E::Dir("d/"), E::Sym("l", "d"), E::Sym("m", "l")];
     for upper in [
         [E::File("l", b"now a file"), E::File("l/x", b"x")],
