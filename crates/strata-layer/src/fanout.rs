@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::entry::Entry;
 use crate::regular::{FileRules, NewFile};
@@ -37,18 +37,6 @@ const MAX_FILES: usize = 128;
 const MAX_TRACKED: usize = 16 << 10;
 /// Bytes of data in flight per layer (bounds the memory a layer holds).
 const MAX_BYTES: usize = 2 << 20;
-
-/// The process's writer pool: a thread per core. Files are written on it,
-/// and the tree digest looks up a directory's names on it.
-pub(crate) fn pool() -> &'static rayon::ThreadPool {
-    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("strata-writer-{i}"))
-            .build()
-            .expect("starting the writer pool")
-    })
-}
 
 #[cfg(test)]
 thread_local! {
@@ -186,7 +174,7 @@ impl Fanout {
         let (rules, state) = (Arc::clone(&self.rules), Arc::clone(&self.state));
         #[cfg(test)]
         let delay = self.delay;
-        pool().spawn(move || {
+        crate::pool::pool().spawn(move || {
             #[cfg(test)]
             std::thread::sleep(delay);
             let bytes = job.data.len();

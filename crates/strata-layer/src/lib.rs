@@ -29,6 +29,7 @@ mod fixup;
 mod index;
 mod names;
 mod override_stat;
+mod pool;
 mod regular;
 mod report;
 mod sparse;

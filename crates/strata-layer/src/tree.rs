@@ -11,13 +11,14 @@
 //! Extraction hashes each file's bytes as it writes them ([`ContentHashes`]),
 //! so recording the digest costs one metadata walk, not a second read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
@@ -109,7 +110,7 @@ struct Level {
     rel: PathBuf,
     names: Vec<std::ffi::OsString>,
     next: usize,
-    ahead: std::collections::VecDeque<io::Result<Looked>>,
+    ahead: VecDeque<io::Result<Looked>>,
     parent: Option<(u64, u64)>,
 }
 
@@ -151,27 +152,53 @@ fn look(dir: &OwnedFd, name: &OsStr) -> io::Result<Looked> {
     Ok(Looked { st, xattrs })
 }
 
+/// The metadata of `names` in `dir`, in order: a big batch split between
+/// this thread and the pool's, each part through its own descriptor of
+/// `dir` (a `dup`), a small one (or one whose descriptor cannot be
+/// duplicated) here.
+fn look_all(dir: &OwnedFd, names: &[std::ffi::OsString]) -> VecDeque<io::Result<Looked>> {
+    let here = |part: &[std::ffi::OsString]| -> Vec<io::Result<Looked>> {
+        part.iter().map(|name| look(dir, name)).collect()
+    };
+    if !on_pool(names.len()) {
+        return here(names).into();
+    }
+    let Ok(shared) = dir.try_clone().map(Arc::new) else {
+        return here(names).into();
+    };
+    let pool = crate::pool::pool();
+    let mut parts = names.chunks(names.len().div_ceil(pool.threads() + 1));
+    let mine = parts.next().unwrap_or_default();
+    let theirs: Vec<_> = parts
+        .map(|part| {
+            let (part, dir) = (part.to_vec(), Arc::clone(&shared));
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            pool.spawn(move || {
+                let _ = tx.send(part.iter().map(|name| look(&dir, name)).collect::<Vec<_>>());
+            });
+            rx
+        })
+        .collect();
+    let mut out: VecDeque<_> = here(mine).into();
+    for rx in theirs {
+        out.extend(
+            rx.recv()
+                .expect("a pool task sends its part or ends the process"),
+        );
+    }
+    out
+}
+
 impl Level {
     /// The next name and its metadata; the next batch is looked up (in
     /// parallel) when the last is used up. `dir` is this level's directory.
     fn next(&mut self, dir: &OwnedFd) -> Option<(std::ffi::OsString, io::Result<Looked>)> {
-        use rayon::prelude::*;
         if self.next == self.names.len() {
             return None;
         }
         if self.ahead.is_empty() {
             let batch = &self.names[self.next..self.names.len().min(self.next + AHEAD)];
-            self.ahead = if on_pool(batch.len()) {
-                crate::fanout::pool().install(|| {
-                    batch
-                        .par_iter()
-                        .map(|name| look(dir, name))
-                        .collect::<Vec<_>>()
-                        .into()
-                })
-            } else {
-                batch.iter().map(|name| look(dir, name)).collect()
-            };
+            self.ahead = look_all(dir, batch);
         }
         let name = std::mem::take(&mut self.names[self.next]);
         self.next += 1;
