@@ -1,5 +1,6 @@
 # Sourced by bench/run.sh: the commit rows. An upper holding 256 MB (half
-# incompressible) and 20 000 small files, committed by strata, by
+# incompressible) and 20 000 small files, committed by strata (gzip, zstd,
+# none), by
 # `tar --xattrs -cf - -C UPPER . | gzip` and `| pigz`, and by `buildah
 # commit` of the same change; then a one-file change on the layered image.
 # Uses run.sh's $W, $strata, $small, $layered, bench() and $ctl.
@@ -26,6 +27,8 @@ bench commit strata-commit "$fresh" \
     "$strata --store $cstore -q commit $W/commit-root bench/commit:1"
 bench commit strata-commit-zstd "$fresh" \
     "$strata --store $cstore -q commit --compression zstd $W/commit-root bench/commit:1"
+bench commit strata-commit-none "$fresh" \
+    "$strata --store $cstore -q commit --compression none $W/commit-root bench/commit:1"
 eval "$fresh"
 /usr/bin/time -f '%M' -o "$W/results/commit--strata-rss.txt" "$strata" --store "$cstore" -q commit "$W/commit-root" bench/commit:1 >/dev/null
 bench commit tar-gzip "sync; echo 3 > /proc/sys/vm/drop_caches" \
@@ -38,12 +41,14 @@ buildah_() { buildah --root "$bstore/root" --runroot "$bstore/run" --storage-dri
 rm -rf "$bstore"
 ctr=$(buildah_ from --pull-never "oci:$small:latest")
 fill "$(buildah_ mount "$ctr")"
-# Into buildah's own storage (it compresses only when pushing), and into an
-# OCI layout (gzip, the same work as strata's commit).
+# Into buildah's own storage (uncompressed: it compresses only when
+# pushing), and into an OCI layout with gzip (`--disable-compression=false`:
+# buildah's default is an uncompressed layer), the same work as strata's
+# commit.
 bench commit buildah-commit "sync; echo 3 > /proc/sys/vm/drop_caches" \
     "buildah --root $bstore/root --runroot $bstore/run --storage-driver overlay commit -q $ctr bench-commit >/dev/null"
 bench commit buildah-commit-oci "rm -rf $W/buildah-oci; sync; echo 3 > /proc/sys/vm/drop_caches" \
-    "buildah --root $bstore/root --runroot $bstore/run --storage-driver overlay commit -q $ctr oci:$W/buildah-oci:latest >/dev/null"
+    "buildah --root $bstore/root --runroot $bstore/run --storage-driver overlay commit -q --disable-compression=false $ctr oci:$W/buildah-oci:latest >/dev/null"
 buildah_ rm "$ctr" >/dev/null
 "$strata" --store "$cstore" -q umount "$W/commit-root"
 

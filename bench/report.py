@@ -8,7 +8,7 @@ import sys
 
 results, images = sys.argv[1], sys.argv[2].split()
 contenders = ["strata-cold", "strata-warm", "strata-flatten", "skopeo-umoci", "umoci-unpack", "ctr-pull", "ctr-mount", "podman-pull-mount", "tar-limit",
-              "strata-commit", "strata-commit-zstd", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
+              "strata-commit", "strata-commit-zstd", "strata-commit-none", "tar-gzip", "tar-pigz", "buildah-commit", "buildah-commit-oci",
               "strata-commit-one-file", "strata-copy", "skopeo-copy", "registry-ingest",
               "fleet-cache", "fleet-origin", "strata-root-cold", "strata-rootless-cold", "podman-rootless"]
 images = images + ["commit", "transfer", "fleet", "rootless"]
@@ -41,11 +41,21 @@ pairs = [
     ("strata-commit", "tar-gzip", 0.50),
     ("strata-commit", "tar-pigz", 1.00),
     ("strata-commit", "buildah-commit", 0.50),
+    # buildah's own storage holds layers uncompressed: the same work is
+    # strata's uncompressed commit.
+    ("strata-commit-none", "buildah-commit", 0.50),
     ("strata-commit", "buildah-commit-oci", 0.50),
     ("strata-copy", "skopeo-copy", 0.50),
     ("strata-rootless-cold", "strata-root-cold", 1.10),
     ("strata-rootless-cold", "podman-rootless", 0.50),
 ]
+# The per-file issue's targets for its two images, where they differ.
+targets = {
+    ("layered", "strata-cold", "tar-limit"): 0.60,
+    ("layered", "strata-cold", "skopeo-umoci"): 0.15,
+    ("smallfiles", "strata-cold", "tar-limit"): 0.80,
+    ("smallfiles", "strata-flatten", "tar-limit"): 0.70,
+}
 print("| image | ratio | measured | target | met |")
 print("|---|---|---:|---:|---|")
 for image in images:
@@ -54,6 +64,7 @@ for image in images:
         if ra is None or rb is None:
             continue
         ratio = ra["median"] / rb["median"]
+        target = targets.get((image, a, b), target)
         print(f"| {image} | {a} / {b} | {ratio:.2f} | {target:.2f} | {'yes' if ratio <= target else 'no'} |")
 print()
 for image in images:

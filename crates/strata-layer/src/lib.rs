@@ -30,6 +30,7 @@ mod index;
 mod names;
 mod override_stat;
 mod pool;
+mod readahead;
 mod regular;
 mod report;
 mod sparse;

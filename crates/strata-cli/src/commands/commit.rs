@@ -135,7 +135,9 @@ pub fn run(args: &CommitArgs, ctx: &Context, out: &mut Output) -> Result<()> {
         ..BlobOptions::default()
     };
     let mut blob = strata_layer::write_blob(
-        &mut DirSource::new(&upper).with_overlay_xattr(crate::context::overlay_xattr(store.kind())),
+        &mut DirSource::new(&upper)
+            .with_overlay_xattr(crate::context::overlay_xattr(store.kind()))
+            .with_readahead(),
         std::io::BufWriter::with_capacity(1 << 20, file),
         Some(&tmp_layer.diff()),
         &options,
