@@ -756,19 +756,16 @@ impl EntrySource for DirSource {
         if opaque {
             emit_opaque(Path::new(""), &st, f)?;
         }
-        let ahead = match self.readahead {
-            true => root.try_clone().ok(),
-            false => None,
-        };
-        let Some(ahead) = ahead else {
+        let Some(ahead) = self.readahead.then(|| root.try_clone().ok()).flatten() else {
             return self.walk(root, None, f);
         };
         let progress = crate::readahead::Progress::default();
         std::thread::scope(|scope| {
             scope.spawn(|| crate::readahead::run(ahead, &progress));
-            let walked = self.walk(root, Some(&progress), f);
-            progress.finish();
-            walked
+            // Ends the read-ahead however the walk ends (a panic too: the
+            // scope waits for it).
+            let _finish = progress.finish_on_drop();
+            self.walk(root, Some(&progress), f)
         })
     }
 }

@@ -12,8 +12,8 @@
 //!
 //! It only reads: directories and files are opened relative to their
 //! parent's descriptor, never following a symlink, files non-blocking (a
-//! FIFO that appears there must not hang it). Any error ends it quietly:
-//! the walk itself reads and checks everything.
+//! FIFO that appears there must not hang it). What it cannot open it
+//! skips quietly: the walk itself reads and checks everything.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,9 +43,18 @@ impl Progress {
         self.names.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The walk ended: the read-ahead stops.
-    pub(crate) fn finish(&self) {
-        self.done.store(true, Ordering::Relaxed);
+    /// A guard that, dropped when the walk ends, stops the read-ahead.
+    pub(crate) fn finish_on_drop(&self) -> Finish<'_> {
+        Finish(self)
+    }
+}
+
+/// Stops the read-ahead when dropped.
+pub(crate) struct Finish<'a>(&'a Progress);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Relaxed);
     }
 }
 
