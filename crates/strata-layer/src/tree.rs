@@ -153,8 +153,8 @@ fn look(dir: &OwnedFd, name: &OsStr) -> io::Result<Looked> {
 }
 
 /// The metadata of `names` in `dir`, in order: a big batch split between
-/// this thread and the pool's, each part through its own descriptor of
-/// `dir` (a `dup`), a small one (or one whose descriptor cannot be
+/// this thread and the pool's (their parts through one `dup` of `dir`,
+/// which they can own), a small one (or one whose descriptor cannot be
 /// duplicated) here.
 fn look_all(dir: &OwnedFd, names: &[std::ffi::OsString]) -> VecDeque<io::Result<Looked>> {
     let here = |part: &[std::ffi::OsString]| -> Vec<io::Result<Looked>> {
