@@ -18,8 +18,9 @@ use tracing::warn;
 use crate::entry::{Entry, EntrySource, Kind};
 use crate::fanout::{self, Fanout};
 use crate::names::{Name, clean};
+use crate::regular::XattrsKnown;
 use crate::regular::{FileRules, NewFile, gid, uid};
-use crate::tree::ContentHashes;
+use crate::tree::WrittenFiles;
 use crate::{Error, Fixups, Mode, Options, OverlayXattr, Owners, Result, Summary, sys};
 
 const COPY_BUFFER: usize = 256 << 10;
@@ -91,8 +92,13 @@ pub(crate) struct Writer<'o> {
     summary: Summary,
     warned_devices: bool,
     buffer: Vec<u8>,
-    /// Content hashes of the files written, when the options ask for them.
-    content: Option<ContentHashes>,
+    /// The files written, when the options ask for their hashes.
+    content: Option<WrittenFiles>,
+    /// How a written file's xattrs are known (when hashing): decided for the
+    /// target at the start, and read back for the rest of the layer once an
+    /// entry other than a file sets one the kernel may not keep as set (a
+    /// default ACL, which the files below it would inherit).
+    xattrs_known: XattrsKnown,
     /// The directory consecutive regular files go into: its descriptor,
     /// where it landed, whether it is setgid (new files take its group).
     /// Dropped at any other entry, which may change or remove directories.
@@ -129,6 +135,11 @@ impl<'o> Writer<'o> {
         let root = sys::open_root(target)
             .map_err(|e| Error::io("opening the target directory", target, e))?;
         let root_path = sys::fd_path(&root);
+        let xattrs_known = if opts.content_hashes && sys::new_files_get_no_xattrs(&root) {
+            XattrsKnown::AsSet
+        } else {
+            XattrsKnown::ReadBack
+        };
         Ok(Self {
             // Without `/proc` no path can be resolved through a symlink, so
             // two spellings of one file could not be told apart: every file
@@ -154,7 +165,8 @@ impl<'o> Writer<'o> {
             summary: Summary::default(),
             warned_devices: false,
             buffer: vec![0; COPY_BUFFER],
-            content: opts.content_hashes.then(ContentHashes::default),
+            content: opts.content_hashes.then(WrittenFiles::default),
+            xattrs_known,
             file_parent: None,
         })
     }
@@ -608,9 +620,10 @@ impl<'o> Writer<'o> {
                     )
                 })?;
                 if let Some(content) = &mut self.content
-                    && let Some((size, hash)) = content.get(&target)
+                    && let Some(file) = content.get(&target).cloned()
                 {
-                    content.insert(path, size, blake3::Hash::from_bytes(hash));
+                    // The same node under another name.
+                    content.insert(path, file);
                 }
             }
             Kind::File => unreachable!("regular files take write_file"),
@@ -789,7 +802,7 @@ impl<'o> Writer<'o> {
                 entry: entry.clone(),
                 setgid,
                 data: bytes,
-                hash: self.content.is_some(),
+                record: self.record(),
             });
         }
         let file = NewFile {
@@ -797,16 +810,22 @@ impl<'o> Writer<'o> {
             path,
             entry,
             setgid,
+            record: self.record(),
         };
         let (buffer, hashing) = (&mut self.buffer, self.content.is_some());
         let written = self.fanout.rules().write(&file, |out| {
             write_body(out, entry, data, buffer, hashing, path, label)
         })?;
         self.summary.skipped += written.skipped;
-        if let (Some(content), Some(hash)) = (&mut self.content, written.hash) {
-            content.insert(path, written.size, hash);
+        if let (Some(content), Some(file)) = (&mut self.content, written.recorded()) {
+            content.insert(path, file);
         }
         Ok(())
+    }
+
+    /// Whether (and how) a regular file is recorded for the tree digest.
+    fn record(&self) -> Option<XattrsKnown> {
+        self.content.is_some().then_some(self.xattrs_known)
     }
 
     /// Waits for the files in flight and folds in what they did; whether
@@ -818,8 +837,8 @@ impl<'o> Writer<'o> {
         }
         self.summary.skipped += settled.skipped;
         if let Some(content) = &mut self.content {
-            for (path, size, hash) in settled.hashes {
-                content.insert(&path, size, hash);
+            for (path, file) in settled.written {
+                content.insert(&path, file);
             }
         }
         self.parent_cache = None;
@@ -921,8 +940,13 @@ impl<'o> Writer<'o> {
         self.fanout.rules().own(fd, entry, path)
     }
 
+    /// Sets the xattrs of an entry other than a regular file.
     fn set_xattrs(&mut self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
-        self.summary.skipped += self.fanout.rules().set_xattrs(fd, entry, path)?;
+        let (skipped, set) = self.fanout.rules().set_xattrs(fd, entry, path)?;
+        self.summary.skipped += skipped;
+        if set.iter().any(|(k, _)| !crate::regular::kept_verbatim(k)) {
+            self.xattrs_known = XattrsKnown::ReadBack;
+        }
         Ok(())
     }
 

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::entry::Entry;
-use crate::regular::{FileRules, NewFile};
+use crate::regular::{FileRules, NewFile, XattrsKnown};
+use crate::tree::WrittenFile;
 use crate::{Error, Result};
 
 /// Files at most this big go to the pool; bigger ones are written by the
@@ -68,8 +69,8 @@ struct Progress {
     /// The first error a file met.
     error: Option<Error>,
     skipped: u64,
-    /// Written files' paths, sizes and hashes (when hashed).
-    hashes: Vec<(PathBuf, u64, blake3::Hash)>,
+    /// Written files, when recorded.
+    written: Vec<(PathBuf, WrittenFile)>,
 }
 
 #[derive(Default)]
@@ -84,7 +85,7 @@ pub(crate) struct Settled {
     /// Whether any file went to the pool since the last settle.
     pub(crate) waited: bool,
     pub(crate) skipped: u64,
-    pub(crate) hashes: Vec<(PathBuf, u64, blake3::Hash)>,
+    pub(crate) written: Vec<(PathBuf, WrittenFile)>,
 }
 
 /// A file for the pool: everything it needs, owned.
@@ -97,7 +98,8 @@ pub(crate) struct Job {
     pub(crate) entry: Entry,
     pub(crate) setgid: bool,
     pub(crate) data: Vec<u8>,
-    pub(crate) hash: bool,
+    /// Whether the file is hashed and recorded for the tree digest.
+    pub(crate) record: Option<XattrsKnown>,
 }
 
 impl Fanout {
@@ -183,21 +185,22 @@ impl Fanout {
                 path: &job.path,
                 entry: &job.entry,
                 setgid: job.setgid,
+                record: job.record,
             };
             let result = rules.write(&file, |out| {
                 std::io::Write::write_all(out, &job.data)
                     .map_err(|e| Error::io("writing", &job.path, e))?;
                 Ok((
                     job.data.len() as u64,
-                    job.hash.then(|| blake3::hash(&job.data)),
+                    job.record.is_some().then(|| blake3::hash(&job.data)),
                 ))
             });
             let mut progress = state.progress.lock().expect("fanout lock");
             match result {
                 Ok(written) => {
                     progress.skipped += written.skipped;
-                    if let Some(hash) = written.hash {
-                        progress.hashes.push((job.path, written.size, hash));
+                    if let Some(file) = written.recorded() {
+                        progress.written.push((job.path, file));
                     }
                 }
                 Err(e) => {
@@ -229,7 +232,7 @@ impl Fanout {
         Ok(Settled {
             waited,
             skipped: std::mem::take(&mut progress.skipped),
-            hashes: std::mem::take(&mut progress.hashes),
+            written: std::mem::take(&mut progress.written),
         })
     }
 }

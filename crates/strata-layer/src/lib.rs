@@ -55,7 +55,7 @@ pub use report::{Waste, WastedPath, waste};
 pub use sparse::Sparse;
 pub use sys::running_as_root;
 pub use tar_writer::TarWriter;
-pub use tree::{ContentHashes, tree_digest};
+pub use tree::{WrittenFiles, tree_digest};
 
 /// How whiteouts are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -206,7 +206,7 @@ pub struct Summary {
     /// Work left for [`fix_up`] (overlay mode).
     pub fixups: Fixups,
     /// What [`Options::content_hashes`] asked for (else empty).
-    pub content: ContentHashes,
+    pub content: WrittenFiles,
 }
 
 impl Summary {

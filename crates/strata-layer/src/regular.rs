@@ -38,6 +38,22 @@ pub(crate) struct NewFile<'a> {
     pub(crate) entry: &'a Entry,
     /// Whether the parent is setgid (a new file takes its group).
     pub(crate) setgid: bool,
+    /// Whether to report what the file became ([`Written::node`]), and how
+    /// its xattrs are known.
+    pub(crate) record: Option<XattrsKnown>,
+}
+
+/// How a written file's xattrs are known for [`Written::node`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum XattrsKnown {
+    /// A new file here gets no xattrs but those set on it (no security
+    /// label, no inherited ACL): those it was given in the user and trusted
+    /// namespaces, which the kernel keeps as they are, are all it has. A
+    /// file given any other (a capability, an ACL, which the kernel may
+    /// rewrite or fold into the mode) has them read back.
+    AsSet,
+    /// Read back from the descriptor.
+    ReadBack,
 }
 
 /// What writing one file did.
@@ -49,6 +65,9 @@ pub(crate) struct Written {
     pub(crate) hash: Option<blake3::Hash>,
     /// Xattrs that could not be set or were dropped.
     pub(crate) skipped: u64,
+    /// What the file became, when [`NewFile::record`] asked: its inode
+    /// number, stat and xattrs once complete, for the tree digest.
+    pub(crate) node: Option<crate::tree::Node>,
 }
 
 impl FileRules {
@@ -112,16 +131,59 @@ impl FileRules {
             rfs::fchmod(&out, FsMode::from_raw_mode(entry.mode))
                 .map_err(|e| Error::io("setting the mode of", path, e))?;
         }
-        let skipped = self.set_xattrs(&out, entry, path)?;
+        let (skipped, mut set) = self.set_xattrs(&out, entry, path)?;
         rfs::futimens(&out, &sys::times(entry.mtime, entry.mtime_nsec))
             .map_err(|e| Error::io("setting the mtime of", path, e))?;
+        let node = match file.record {
+            None => None,
+            Some(known) => {
+                // The file is complete: what the kernel says of it now is
+                // what the layer holds (one call, on the descriptor).
+                let st = rfs::fstat(&out).map_err(|e| Error::io("reading back", path, e))?;
+                let as_set = known == XattrsKnown::AsSet
+                    && set
+                        .iter()
+                        .all(|(k, _)| kept_verbatim(k) && k != crate::OVERRIDE_STAT_XATTR);
+                let xattrs = if as_set {
+                    if self.opts.owners == Owners::Record {
+                        set.push((
+                            crate::OVERRIDE_STAT_XATTR.to_owned(),
+                            crate::override_stat::format(entry).into_bytes(),
+                        ));
+                    }
+                    set.sort();
+                    set
+                } else {
+                    sys::xattrs(&out).map_err(|e| Error::io("reading the xattrs of", path, e))?
+                };
+                Some(crate::tree::Node {
+                    ino: st.st_ino,
+                    meta: crate::tree::Meta::of(&st),
+                    xattrs: xattrs.into(),
+                })
+            }
+        };
         Ok(Written {
             size,
             hash,
             skipped,
+            node,
         })
     }
+}
 
+impl Written {
+    /// What the tree digest keeps of the file, when it was recorded.
+    pub(crate) fn recorded(self) -> Option<crate::tree::WrittenFile> {
+        Some(crate::tree::WrittenFile {
+            size: self.size,
+            hash: *self.hash?.as_bytes(),
+            node: self.node?,
+        })
+    }
+}
+
+impl FileRules {
     /// Gives `fd` the entry's owner, or records it (without a range of ids),
     /// as the options say.
     pub(crate) fn own(&self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
@@ -139,11 +201,16 @@ impl FileRules {
         }
     }
 
-    /// Sets an entry's xattrs; returns how many were skipped. Overlay's own
-    /// namespaces never pass through as they are: a layer must not steer
-    /// the overlay.
-    pub(crate) fn set_xattrs(&self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<u64> {
-        let mut skipped = 0;
+    /// Sets an entry's xattrs; returns how many were skipped and those set,
+    /// under the names set. Overlay's own namespaces never pass through as
+    /// they are: a layer must not steer the overlay.
+    pub(crate) fn set_xattrs(
+        &self,
+        fd: impl AsFd,
+        entry: &Entry,
+        path: &Path,
+    ) -> Result<(u64, crate::sys::Xattrs)> {
+        let (mut skipped, mut set) = (0, Vec::new());
         for (key, value) in &entry.xattrs {
             let key = match crate::engine::overlay_xattr_policy(
                 key,
@@ -159,7 +226,7 @@ impl FileRules {
                 }
             };
             match rfs::fsetxattr(fd.as_fd(), key.as_str(), value, XattrFlags::empty()) {
-                Ok(()) => {}
+                Ok(()) => set.push((key, value.clone())),
                 Err(e @ (rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM)) => {
                     warn!(entry = entry.label(), xattr = %key, error = %io::Error::from(e), "cannot set xattr here; skipped");
                     skipped += 1;
@@ -167,8 +234,16 @@ impl FileRules {
                 Err(e) => return Err(Error::io("setting an xattr on", path, e)),
             }
         }
-        Ok(skipped)
+        Ok((skipped, set))
     }
+}
+
+/// Whether the kernel keeps an xattr of this name as it was set (and adds
+/// nothing for it): true of the user and trusted namespaces; not of
+/// `security.capability` (rewritten in a user namespace) or the ACLs
+/// (`system.*`, which may be folded into the mode and dropped).
+pub(crate) fn kept_verbatim(name: &str) -> bool {
+    name.starts_with("user.") || name.starts_with("trusted.")
 }
 
 pub(crate) fn uid(n: u64) -> Option<Uid> {

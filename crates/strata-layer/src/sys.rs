@@ -95,6 +95,53 @@ pub(crate) fn list_dir(dir: impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
     Ok(out)
 }
 
+/// Whether a new file in `dir` starts without xattrs: no security module
+/// labels it and no default ACL is inherited (tried on an unnamed file,
+/// which leaves nothing behind; false where one cannot be made).
+pub(crate) fn new_files_get_no_xattrs(dir: impl AsFd) -> bool {
+    match rfs::openat(
+        dir,
+        ".",
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        rfs::Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => matches!(
+            rfs::flistxattr_query(&fd),
+            Ok(0) | Err(rustix::io::Errno::NOTSUP)
+        ),
+        Err(_) => false,
+    }
+}
+
+/// A node's xattrs: (name, value), sorted by name where read.
+pub(crate) type Xattrs = Vec<(String, Vec<u8>)>;
+
+/// One name of a directory listing, with what the listing says of it.
+pub(crate) struct Listed {
+    pub(crate) name: std::ffi::OsString,
+    pub(crate) ino: u64,
+    /// `Unknown` where the file system does not say.
+    pub(crate) kind: FileType,
+}
+
+/// The names in a directory with their inode numbers and types, as
+/// `getdents` gives them (no stat), without `.` and `..`.
+pub(crate) fn list_dir_typed(dir: impl AsFd) -> io::Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for entry in rfs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(Listed {
+                name: <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_owned(),
+                ino: entry.ino(),
+                kind: entry.file_type(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Removes `name` from `dir`, recursively for directories, never following
 /// a symlink. One directory descriptor is open at a time whatever the depth
 /// (down with `openat`, up through `..`, checked by inode).

@@ -29,6 +29,7 @@ enum E<'a> {
     DirNamed(&'a str),
     Char(&'a str, u32, u32),
     Xattr(&'a str, &'a [u8], &'a str, &'a [u8]),
+    DirXattr(&'a str, &'a str, &'a [u8]),
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -111,6 +112,17 @@ fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                 h.set_device_major(*major).unwrap();
                 h.set_device_minor(*minor).unwrap();
                 append(&mut b, &mut h, name, None, &[]);
+            }
+            E::DirXattr(name, key, value) => {
+                let key = format!("SCHILY.xattr.{key}");
+                b.append_pax_extensions([(key.as_str(), *value)]).unwrap();
+                append(
+                    &mut b,
+                    &mut header(tar::EntryType::Directory, 0o755, 0),
+                    name,
+                    None,
+                    &[],
+                );
             }
             E::Xattr(name, data, key, value) => {
                 let key = format!("SCHILY.xattr.{key}");
@@ -1150,8 +1162,21 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
         Mode::Overlay,
     )
     .unwrap();
-    let d = dir();
+    // A capability (cap_net_bind_service, effective): the kernel may
+    // rewrite it. A default ACL with a named user: the files below inherit
+    // an access ACL nobody set on them. An access ACL the mode says all
+    // of: the kernel folds it into the mode and keeps no xattr.
+    let capability = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let default_acl = [
+        2, 0, 0, 0, 1, 0, 7, 0, 255, 255, 255, 255, 2, 0, 7, 0, 0xe8, 3, 0, 0, 4, 0, 5, 0, 255,
+        255, 255, 255, 0x10, 0, 7, 0, 255, 255, 255, 255, 0x20, 0, 5, 0, 255, 255, 255, 255,
+    ];
+    let minimal_acl = [
+        2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 4, 0, 4, 0, 255, 255, 255, 255, 0x20, 0, 4, 0,
+        255, 255, 255, 255,
+    ];
     let entries = [
+        E::Xattr("acl-file", b"m", "system.posix_acl_access", &minimal_acl),
         E::File("a/f", b"first"),
         E::File("a/f", b"replaced by a later entry"),
         E::Link("a/hard", "a/f"),
@@ -1162,32 +1187,54 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
         E::Sym("s", "a/f"),
         E::Char("dev", 1, 3),
         E::Xattr("x", b"with xattr", "user.k", b"v"),
+        E::Xattr("cap", b"binary", "security.capability", &capability),
         E::File("implied/deep/y", b"y"),
+        E::FileMode("setuid", b"s", 0o4755, 1000),
+        E::File("f-before-acl", b"before"),
+        E::DirXattr("acl", "system.posix_acl_default", &default_acl),
+        E::File("acl/inherits", b"an access ACL"),
+        E::File("f-after-acl", b"after"),
     ];
-    let options = Options {
-        content_hashes: true,
-        ..opts(Mode::Overlay)
-    };
-    let mut summary = extract(
-        std::io::Cursor::new(tar_of(&entries)),
-        None,
-        None,
-        d.path(),
-        &options,
-    )
-    .unwrap();
-    fix_up(
-        d.path(),
-        &mut summary.fixups,
-        &[lower.path()],
-        crate::Owners::of_process(),
-    )
-    .unwrap();
-    assert!(!summary.content.is_empty());
-    let recorded = crate::tree_digest(d.path(), &summary.content).unwrap();
-    let none = crate::ContentHashes::default();
-    assert_eq!(crate::tree_digest(d.path(), &none).unwrap(), recorded);
-    assert!(recorded.starts_with("blake3:") && recorded.len() == 7 + 64);
+    let mut last = None;
+    for owners in [crate::Owners::of_process(), crate::Owners::Record] {
+        let d = dir();
+        let options = Options {
+            content_hashes: true,
+            owners,
+            ..opts(Mode::Overlay)
+        };
+        let mut summary = extract(
+            std::io::Cursor::new(tar_of(&entries)),
+            None,
+            None,
+            d.path(),
+            &options,
+        )
+        .unwrap();
+        fix_up(d.path(), &mut summary.fixups, &[lower.path()], owners).unwrap();
+        assert!(summary.content.len() >= 10, "{owners:?}");
+        let acl = rustix::fs::getxattr(
+            d.path().join("acl/inherits"),
+            "system.posix_acl_access",
+            &mut [0u8; 256],
+        );
+        assert!(
+            acl.is_ok(),
+            "the test's file system should give files below a default ACL one: {acl:?}"
+        );
+        let recorded = crate::tree_digest(d.path(), &summary.content).unwrap();
+        let none = crate::WrittenFiles::default();
+        assert_eq!(
+            crate::tree_digest(d.path(), &none).unwrap(),
+            recorded,
+            "{owners:?}"
+        );
+        assert!(recorded.starts_with("blake3:") && recorded.len() == 7 + 64);
+        last = Some(d);
+    }
+    let d = last.expect("two rounds");
+    let none = crate::WrittenFiles::default();
+    let recorded = crate::tree_digest(d.path(), &none).unwrap();
 
     // Same size, one byte different.
     let f = d.path().join("a/f");
@@ -1343,7 +1390,7 @@ fn the_tree_digest_looked_up_in_parallel_equals_one_by_one() {
             _ => std::fs::write(&p, b"").unwrap(),
         }
     }
-    let none = crate::ContentHashes::default();
+    let none = crate::WrittenFiles::default();
     let sequential = |on: bool| crate::tree::SEQUENTIAL.with(|s| s.set(on));
     let parallel = crate::tree_digest(d.path(), &none).unwrap();
     sequential(true);

@@ -8,8 +8,12 @@
 //! renaming or mounting a layer changes them, not its content) and hard-link
 //! identity (overlay shows each name as the same file either way).
 //!
-//! Extraction hashes each file's bytes as it writes them ([`ContentHashes`]),
-//! so recording the digest costs one metadata walk, not a second read.
+//! Extraction hashes each file's bytes as it writes them and keeps what it
+//! learned of the file from its open descriptor ([`WrittenFiles`]), so
+//! recording the digest of a fresh layer reads no file and stats none it
+//! wrote: the walk lists each directory (its entries' types and inode
+//! numbers come with the names) and stats only what the writer did not
+//! write itself (directories, links, devices, fixed-up nodes).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
@@ -24,24 +28,82 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
 use crate::sys;
 
-/// The blake3 of each regular file extraction wrote, by path in the layer,
-/// with its size. Empty files are left out (their hash is known).
+/// What extraction knows of each regular file it wrote, by path in the
+/// layer: its content's size and blake3, and its metadata as the kernel
+/// reported it on the open descriptor once the file was complete.
+///
+/// Kept by a 128-bit hash of the path, not the path (a layer may hold
+/// millions of files: this is most of what a pull holds per file); a
+/// record is used only for a name listed with its inode number, so two
+/// paths would have to collide in the hash and share an inode number to
+/// be mistaken for each other.
 #[derive(Debug, Clone, Default)]
-pub struct ContentHashes(HashMap<PathBuf, (u64, [u8; 32])>);
+pub struct WrittenFiles(HashMap<[u8; 16], WrittenFile>);
 
-impl ContentHashes {
-    pub(crate) fn insert(&mut self, path: &Path, size: u64, hash: blake3::Hash) {
-        if size > 0 {
-            self.0.insert(path.to_owned(), (size, *hash.as_bytes()));
+fn key(path: &Path) -> [u8; 16] {
+    let hash = blake3::hash(path.as_os_str().as_bytes());
+    let mut key = [0; 16];
+    key.copy_from_slice(&hash.as_bytes()[..16]);
+    key
+}
+
+/// One file extraction wrote ([`WrittenFiles`]).
+#[derive(Debug, Clone)]
+pub(crate) struct WrittenFile {
+    pub(crate) size: u64,
+    pub(crate) hash: [u8; 32],
+    pub(crate) node: Node,
+}
+
+/// A node's identity and the metadata the digest takes from it: the inode
+/// number (a name in a listing is this node only if its inode number is
+/// this one), the stat fields and the xattrs, sorted by name.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub(crate) ino: u64,
+    pub(crate) meta: Meta,
+    pub(crate) xattrs: Box<[(String, Vec<u8>)]>,
+}
+
+/// The stat fields a node adds to the digest. Made by [`Meta::of`] from the
+/// walk's stat and from the writer's alike, so the bytes hashed are the
+/// same whichever took them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    kind: u8,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u64,
+}
+
+impl Meta {
+    pub(crate) fn of(st: &rfs::Stat) -> Self {
+        Self {
+            kind: kind_of(st),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
         }
+    }
+}
+
+impl WrittenFiles {
+    pub(crate) fn insert(&mut self, path: &Path, file: WrittenFile) {
+        self.0.insert(key(path), file);
     }
 
     pub(crate) fn remove(&mut self, path: &Path) {
-        self.0.remove(path);
+        if !self.0.is_empty() {
+            self.0.remove(&key(path));
+        }
     }
 
-    pub(crate) fn get(&self, path: &Path) -> Option<(u64, [u8; 32])> {
-        self.0.get(path).copied()
+    pub(crate) fn get(&self, path: &Path) -> Option<&WrittenFile> {
+        self.0.get(&key(path))
     }
 
     /// How many files are remembered.
@@ -58,12 +120,13 @@ impl ContentHashes {
 }
 
 /// Computes the digest (`blake3:<hex>`) of the tree at `root`. A regular
-/// file whose path and size are in `known` is not read again; any other is
-/// read and hashed (pass an empty set to check every byte, as fsck does).
+/// file in `known` whose name is listed with its inode number is neither
+/// stat'ed nor read again; any other node is stat'ed and, a file, read and
+/// hashed (pass an empty set to check every byte, as fsck does).
 ///
 /// # Errors
 /// When a node cannot be listed, stat'ed or read; the error names its path.
-pub fn tree_digest(root: &Path, known: &ContentHashes) -> io::Result<String> {
+pub fn tree_digest(root: &Path, known: &WrittenFiles) -> io::Result<String> {
     let mut walk = Walk {
         known,
         hasher: blake3::Hasher::new(),
@@ -78,8 +141,8 @@ pub fn tree_digest(root: &Path, known: &ContentHashes) -> io::Result<String> {
     let st = rfs::fstat(&fd).map_err(|e| named(root, e.into()))?;
     walk.header(
         Path::new(""),
-        &st,
-        sys::xattrs(&fd).map_err(|e| named(root, e))?,
+        &Meta::of(&st),
+        &sys::xattrs(&fd).map_err(|e| named(root, e))?,
     );
     walk.dir(fd)?;
     Ok(format!("blake3:{}", walk.hasher.finalize().to_hex()))
@@ -103,23 +166,27 @@ fn kind_of(st: &rfs::Stat) -> u8 {
     }
 }
 
-/// One directory being read: its path, its names, how far it is read, what
-/// was looked up ahead for the next ones, and its parent's identity (to
-/// check `..` against).
-struct Level {
+/// One directory being read: its path, its listing, how far it is read,
+/// what was looked up ahead for the next names, and its parent's identity
+/// (to check `..` against).
+struct Level<'k> {
     rel: PathBuf,
-    names: Vec<std::ffi::OsString>,
+    names: Vec<sys::Listed>,
     next: usize,
-    ahead: VecDeque<io::Result<Looked>>,
+    ahead: VecDeque<io::Result<Looked<'k>>>,
     parent: Option<(u64, u64)>,
 }
 
-/// A name's metadata, looked up ahead: its stat and, for anything but a
-/// directory (whose xattrs are read from the descriptor it is entered by),
-/// its xattrs.
-struct Looked {
-    st: rfs::Stat,
-    xattrs: Option<Vec<(String, Vec<u8>)>>,
+/// A name's metadata, looked up ahead.
+enum Looked<'k> {
+    /// Its stat and, for anything but a directory (whose xattrs are read
+    /// from the descriptor it is entered by), its xattrs.
+    Stat {
+        st: rfs::Stat,
+        xattrs: Option<Vec<(String, Vec<u8>)>>,
+    },
+    /// A file the writer wrote and still listed as that node.
+    Written(&'k WrittenFile),
 }
 
 /// Names looked up ahead at once; a batch this big or bigger is looked up
@@ -143,21 +210,21 @@ fn on_pool(batch: usize) -> bool {
     batch >= AHEAD_ON_POOL
 }
 
-fn look(dir: &OwnedFd, name: &OsStr) -> io::Result<Looked> {
+fn look<'k>(dir: &OwnedFd, name: &OsStr) -> io::Result<Looked<'k>> {
     let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let xattrs = match sys::file_type(&st) {
         FileType::Directory => None,
         _ => Some(sys::xattrs_at(dir, name)?),
     };
-    Ok(Looked { st, xattrs })
+    Ok(Looked::Stat { st, xattrs })
 }
 
 /// The metadata of `names` in `dir`, in order: a big batch split between
 /// this thread and the pool's (their parts through one `dup` of `dir`,
 /// which they can own), a small one (or one whose descriptor cannot be
 /// duplicated) here.
-fn look_all(dir: &OwnedFd, names: &[std::ffi::OsString]) -> VecDeque<io::Result<Looked>> {
-    let here = |part: &[std::ffi::OsString]| -> Vec<io::Result<Looked>> {
+fn look_all<'k>(dir: &OwnedFd, names: &[std::ffi::OsString]) -> VecDeque<io::Result<Looked<'k>>> {
+    let here = |part: &[std::ffi::OsString]| -> Vec<io::Result<Looked<'k>>> {
         part.iter().map(|name| look(dir, name)).collect()
     };
     if !on_pool(names.len()) {
@@ -189,18 +256,48 @@ fn look_all(dir: &OwnedFd, names: &[std::ffi::OsString]) -> VecDeque<io::Result<
     out
 }
 
-impl Level {
+impl<'k> Level<'k> {
     /// The next name and its metadata; the next batch is looked up (in
     /// parallel) when the last is used up. `dir` is this level's directory.
-    fn next(&mut self, dir: &OwnedFd) -> Option<(std::ffi::OsString, io::Result<Looked>)> {
+    /// A name listed as a regular file with the inode number of a file the
+    /// writer wrote there is that file: what the writer knows is used.
+    fn next(
+        &mut self,
+        dir: &OwnedFd,
+        known: &'k WrittenFiles,
+    ) -> Option<(std::ffi::OsString, io::Result<Looked<'k>>)> {
         if self.next == self.names.len() {
             return None;
         }
         if self.ahead.is_empty() {
             let batch = &self.names[self.next..self.names.len().min(self.next + AHEAD)];
-            self.ahead = look_all(dir, batch);
+            let written: Vec<Option<&WrittenFile>> = batch
+                .iter()
+                .map(|listed| {
+                    if known.is_empty() || listed.kind != FileType::RegularFile {
+                        return None;
+                    }
+                    known
+                        .get(&self.rel.join(&listed.name))
+                        .filter(|file| file.node.ino == listed.ino)
+                })
+                .collect();
+            let to_stat: Vec<std::ffi::OsString> = batch
+                .iter()
+                .zip(&written)
+                .filter(|(_, file)| file.is_none())
+                .map(|(listed, _)| listed.name.clone())
+                .collect();
+            let mut looked = look_all(dir, &to_stat);
+            self.ahead = written
+                .into_iter()
+                .map(|file| match file {
+                    Some(file) => Ok(Looked::Written(file)),
+                    None => looked.pop_front().expect("one lookup per name stat'ed"),
+                })
+                .collect();
         }
-        let name = std::mem::take(&mut self.names[self.next]);
+        let name = std::mem::take(&mut self.names[self.next].name);
         self.next += 1;
         Some((name, self.ahead.pop_front().expect("looked up ahead")))
     }
@@ -211,28 +308,42 @@ impl Level {
 /// so at most two descriptors are open whatever the depth, and no path
 /// longer than one name is ever given to the kernel.
 struct Walk<'k> {
-    known: &'k ContentHashes,
+    known: &'k WrittenFiles,
     hasher: blake3::Hasher,
     buffer: Vec<u8>,
 }
 
-impl Walk<'_> {
-    fn header(&mut self, rel: &Path, st: &rfs::Stat, xattrs: Vec<(String, Vec<u8>)>) {
+impl<'k> Walk<'k> {
+    fn header(&mut self, rel: &Path, meta: &Meta, xattrs: &[(String, Vec<u8>)]) {
         let h = &mut self.hasher;
         h.update(rel.as_os_str().as_bytes());
-        h.update(&[0, kind_of(st)]);
-        h.update(&(st.st_mode & 0o7777).to_le_bytes());
-        h.update(&st.st_uid.to_le_bytes());
-        h.update(&st.st_gid.to_le_bytes());
-        h.update(&st.st_mtime.to_le_bytes());
-        h.update(&st.st_mtime_nsec.to_le_bytes());
+        h.update(&[0, meta.kind]);
+        h.update(&meta.mode.to_le_bytes());
+        h.update(&meta.uid.to_le_bytes());
+        h.update(&meta.gid.to_le_bytes());
+        h.update(&meta.mtime.to_le_bytes());
+        h.update(&meta.mtime_nsec.to_le_bytes());
         for (name, value) in xattrs {
             h.update(name.as_bytes());
             h.update(&[0]);
             h.update(&(value.len() as u64).to_le_bytes());
-            h.update(&value);
+            h.update(value);
         }
         h.update(&[0xff]);
+    }
+
+    /// A regular file's part: its header, size and content hash.
+    fn file(
+        &mut self,
+        rel: &Path,
+        meta: &Meta,
+        xattrs: &[(String, Vec<u8>)],
+        size: u64,
+        hash: &[u8; 32],
+    ) {
+        self.header(rel, meta, xattrs);
+        self.hasher.update(&size.to_le_bytes());
+        self.hasher.update(hash);
     }
 
     /// Hashes the tree below directory `root`, depth first, without
@@ -242,7 +353,7 @@ impl Walk<'_> {
         let mut fd = root;
         let mut levels = vec![self.level(&fd, PathBuf::new(), None)?];
         while let Some(level) = levels.last_mut() {
-            let Some((name, looked)) = level.next(&fd) else {
+            let Some((name, looked)) = level.next(&fd, self.known) else {
                 let done = levels.pop().expect("a level");
                 let Some(parent) = done.parent else { break };
                 let rel = levels.last().map_or(PathBuf::new(), |l| l.rel.clone());
@@ -258,8 +369,20 @@ impl Walk<'_> {
             };
             let rel = level.rel.clone();
             let path = rel.join(&name);
-            let Looked { st, xattrs } = looked.map_err(|e| named(&path, e))?;
-            let xattrs = xattrs.unwrap_or_default();
+            let (st, xattrs) = match looked.map_err(|e| named(&path, e))? {
+                Looked::Written(file) => {
+                    self.file(
+                        &path,
+                        &file.node.meta,
+                        &file.node.xattrs,
+                        file.size,
+                        &file.hash,
+                    );
+                    continue;
+                }
+                Looked::Stat { st, xattrs } => (st, xattrs.unwrap_or_default()),
+            };
+            let meta = Meta::of(&st);
             match kind_of(&st) {
                 b'd' => {
                     let child =
@@ -267,8 +390,8 @@ impl Walk<'_> {
                     let here = rfs::fstat(&fd).map_err(|e| named(&rel, e.into()))?;
                     self.header(
                         &path,
-                        &st,
-                        sys::xattrs(&child).map_err(|e| named(&path, e))?,
+                        &meta,
+                        &sys::xattrs(&child).map_err(|e| named(&path, e))?,
                     );
                     fd = child;
                     let level = self.level(&fd, path, Some((here.st_dev, here.st_ino)))?;
@@ -276,31 +399,27 @@ impl Walk<'_> {
                 }
                 b'f' => {
                     let size = u64::try_from(st.st_size).unwrap_or(0);
-                    let known = match self.known.get(&path) {
-                        Some((known, hash)) if known == size => Some(hash),
-                        _ if size == 0 => Some(*blake3::hash(b"").as_bytes()),
-                        _ => None,
-                    };
+                    // Listed without its type (a file system that does not
+                    // say), a file the writer wrote is still not read again.
+                    let known = self
+                        .known
+                        .get(&path)
+                        .filter(|file| file.node.ino == st.st_ino && file.size == size)
+                        .map(|file| file.hash);
                     let hash = match known {
-                        // The writer hashed it: the xattrs are all that is
-                        // left to read, by name (no open, no close).
-                        Some(hash) => {
-                            self.header(&path, &st, xattrs);
-                            hash
-                        }
+                        Some(hash) => hash,
+                        None if size == 0 => *blake3::hash(b"").as_bytes(),
                         None => {
                             let file = sys::open_nofollow(&fd, &name, false)
                                 .map_err(|e| named(&path, e))?;
-                            self.header(&path, &st, xattrs);
                             hash_reader(&mut File::from(file), &mut self.buffer)
                                 .map_err(|e| named(&path, e))?
                         }
                     };
-                    self.hasher.update(&size.to_le_bytes());
-                    self.hasher.update(&hash);
+                    self.file(&path, &meta, &xattrs, size, &hash);
                 }
                 kind => {
-                    self.header(&path, &st, xattrs);
+                    self.header(&path, &meta, &xattrs);
                     match kind {
                         b'l' => {
                             let target = rfs::readlinkat(&fd, &name, Vec::new())
@@ -325,9 +444,9 @@ impl Walk<'_> {
         fd: &OwnedFd,
         rel: PathBuf,
         parent: Option<(u64, u64)>,
-    ) -> io::Result<Level> {
-        let mut names = sys::list_dir(fd).map_err(|e| named(&rel, e))?;
-        names.sort();
+    ) -> io::Result<Level<'k>> {
+        let mut names = sys::list_dir_typed(fd).map_err(|e| named(&rel, e))?;
+        names.sort_by(|a, b| a.name.cmp(&b.name));
         self.hasher.update(&(names.len() as u64).to_le_bytes());
         Ok(Level {
             rel,
