@@ -170,20 +170,7 @@ impl FileRules {
             node,
         })
     }
-}
 
-impl Written {
-    /// What the tree digest keeps of the file, when it was recorded.
-    pub(crate) fn recorded(self) -> Option<crate::tree::WrittenFile> {
-        Some(crate::tree::WrittenFile {
-            size: self.size,
-            hash: *self.hash?.as_bytes(),
-            node: self.node?,
-        })
-    }
-}
-
-impl FileRules {
     /// Gives `fd` the entry's owner, or records it (without a range of ids),
     /// as the options say.
     pub(crate) fn own(&self, fd: impl AsFd, entry: &Entry, path: &Path) -> Result<()> {
@@ -235,6 +222,17 @@ impl FileRules {
             }
         }
         Ok((skipped, set))
+    }
+}
+
+impl Written {
+    /// What the tree digest keeps of the file, when it was recorded.
+    pub(crate) fn recorded(self) -> Option<crate::tree::WrittenFile> {
+        Some(crate::tree::WrittenFile {
+            size: self.size,
+            hash: *self.hash?.as_bytes(),
+            node: self.node?,
+        })
     }
 }
 

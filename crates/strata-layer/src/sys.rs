@@ -84,15 +84,10 @@ pub(crate) fn open_nofollow(dir: impl AsFd, name: &OsStr, directory: bool) -> io
 
 /// Lists a directory's entries (without `.` and `..`).
 pub(crate) fn list_dir(dir: impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
-    let mut out = Vec::new();
-    for entry in rfs::Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            out.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_owned());
-        }
-    }
-    Ok(out)
+    Ok(list_dir_typed(dir)?
+        .into_iter()
+        .map(|listed| listed.name)
+        .collect())
 }
 
 /// Whether a new file in `dir` starts without xattrs: no security module
