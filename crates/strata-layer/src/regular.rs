@@ -140,18 +140,20 @@ impl FileRules {
                 // The file is complete: what the kernel says of it now is
                 // what the layer holds (one call, on the descriptor).
                 let st = rfs::fstat(&out).map_err(|e| Error::io("reading back", path, e))?;
+                if self.opts.owners == Owners::Record {
+                    set.push((
+                        crate::OVERRIDE_STAT_XATTR.to_owned(),
+                        crate::override_stat::format(entry).into_bytes(),
+                    ));
+                }
+                set.sort();
+                // A name set twice (the layer named it twice, or two names
+                // came to one once made UTF-8 or escaped) holds only one of
+                // its values: read back what the file has.
                 let as_set = known == XattrsKnown::AsSet
-                    && set
-                        .iter()
-                        .all(|(k, _)| kept_verbatim(k) && k != crate::OVERRIDE_STAT_XATTR);
+                    && set.iter().all(|(k, _)| kept_verbatim(k))
+                    && set.windows(2).all(|w| w[0].0 != w[1].0);
                 let xattrs = if as_set {
-                    if self.opts.owners == Owners::Record {
-                        set.push((
-                            crate::OVERRIDE_STAT_XATTR.to_owned(),
-                            crate::override_stat::format(entry).into_bytes(),
-                        ));
-                    }
-                    set.sort();
                     set
                 } else {
                     sys::xattrs(&out).map_err(|e| Error::io("reading the xattrs of", path, e))?

@@ -30,6 +30,8 @@ enum E<'a> {
     Char(&'a str, u32, u32),
     Xattr(&'a str, &'a [u8], &'a str, &'a [u8]),
     DirXattr(&'a str, &'a str, &'a [u8]),
+    /// A file with these PAX xattr records, in order (a name may repeat).
+    Xattrs(&'a str, &'a [u8], &'a [(&'a str, &'a [u8])]),
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -122,6 +124,21 @@ fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                     name,
                     None,
                     &[],
+                );
+            }
+            E::Xattrs(name, data, pairs) => {
+                let keys: Vec<_> = pairs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                    .collect();
+                b.append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .unwrap();
+                append(
+                    &mut b,
+                    &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+                    name,
+                    None,
+                    data,
                 );
             }
             E::Xattr(name, data, key, value) => {
@@ -1187,6 +1204,10 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
         E::Sym("s", "a/f"),
         E::Char("dev", 1, 3),
         E::Xattr("x", b"with xattr", "user.k", b"v"),
+        // One name twice (the last value stays), and two names that are one
+        // once made UTF-8 (`user.~` becomes `user.\xff` below).
+        E::Xattrs("twice", b"t", &[("user.a", b"1"), ("user.a", b"2")]),
+        E::Xattrs("lossy", b"l", &[("user.\u{fffd}", b"1"), ("user.~", b"2")]),
         E::Xattr("cap", b"binary", "security.capability", &capability),
         E::File("implied/deep/y", b"y"),
         E::FileMode("setuid", b"s", 0o4755, 1000),
@@ -1203,14 +1224,14 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
             owners,
             ..opts(Mode::Overlay)
         };
-        let mut summary = extract(
-            std::io::Cursor::new(tar_of(&entries)),
-            None,
-            None,
-            d.path(),
-            &options,
-        )
-        .unwrap();
+        let mut tar = tar_of(&entries);
+        let at = tar
+            .windows(7)
+            .position(|w| w == b"user.~=")
+            .expect("the lossy record");
+        tar[at + 5] = 0xff;
+        let mut summary =
+            extract(std::io::Cursor::new(tar), None, None, d.path(), &options).unwrap();
         fix_up(d.path(), &mut summary.fixups, &[lower.path()], owners).unwrap();
         assert!(summary.content.len() >= 10, "{owners:?}");
         let acl = rustix::fs::getxattr(
@@ -1222,6 +1243,11 @@ fn privileged_tree_digest_from_extraction_matches_a_full_read_and_sees_changes()
             acl.is_ok(),
             "the test's file system should give files below a default ACL one: {acl:?}"
         );
+        for (file, name) in [("twice", "user.a"), ("lossy", "user.\u{fffd}")] {
+            let mut value = [0u8; 8];
+            let n = rustix::fs::getxattr(d.path().join(file), name, &mut value).unwrap();
+            assert_eq!(&value[..n], b"2", "{file}: the last value set stays");
+        }
         let recorded = crate::tree_digest(d.path(), &summary.content).unwrap();
         let none = crate::WrittenFiles::default();
         assert_eq!(
