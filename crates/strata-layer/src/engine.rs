@@ -50,8 +50,9 @@ pub(crate) struct Writer<'o> {
     /// Paths this layer wrote, and their ancestors. In apply mode they are
     /// the resolved paths (a symlinked parent followed), so that an opaque
     /// marker or a whiteout of the real path keeps what was written through
-    /// the symlink.
-    touched: HashSet<PathBuf>,
+    /// the symlink. Kept by [`crate::tree::key`], not as paths: a layer may
+    /// hold millions.
+    touched: HashSet<[u8; 16]>,
     /// The target's own path, to make descriptor paths relative to it.
     root_path: Option<PathBuf>,
     /// Apply mode: the last lexical parent and where it resolved.
@@ -256,7 +257,7 @@ impl<'o> Writer<'o> {
     fn touch(&mut self, path: &Path) {
         let mut p = Some(path);
         while let Some(q) = p {
-            if !self.touched.insert(q.to_owned()) {
+            if !self.touched.insert(crate::tree::key(q)) {
                 break;
             }
             p = q.parent();
@@ -423,7 +424,7 @@ impl<'o> Writer<'o> {
                 .flatten()
                 .is_some_and(|st| sys::file_type(&st) == FileType::Directory)
         };
-        if self.touched.contains(target) {
+        if self.touched.contains(&crate::tree::key(target)) {
             // This layer wrote the path: it stays; only what is below goes.
             let Ok(pfd) = sys::resolve_dir(&self.root, parent(target)) else {
                 return Ok(());
@@ -498,7 +499,7 @@ impl<'o> Writer<'o> {
         self.keep_parent_mtime(&fd, dir);
         for name in sys::list_dir(&fd).map_err(|e| Error::io("listing", dir, e))? {
             let child = dir.join(&name);
-            if self.touched.contains(&child) {
+            if self.touched.contains(&crate::tree::key(&child)) {
                 let st = sys::lstat_at(&fd, &name).map_err(|e| Error::io("reading", &child, e))?;
                 if st.is_some_and(|st| sys::file_type(&st) == FileType::Directory) {
                     self.clear_lower(&child)?;
@@ -779,7 +780,7 @@ impl<'o> Writer<'o> {
             }
             None => path,
         };
-        if self.opts.mode == Mode::Overlay {
+        if self.opts.mode == Mode::Overlay && !self.whiteouts.is_empty() {
             self.whiteouts.remove(path);
         }
         if let Some(content) = &mut self.content {

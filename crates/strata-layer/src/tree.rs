@@ -40,7 +40,9 @@ use crate::sys;
 #[derive(Debug, Clone, Default)]
 pub struct WrittenFiles(HashMap<[u8; 16], WrittenFile>);
 
-fn key(path: &Path) -> [u8; 16] {
+/// A path's 128-bit key: what [`WrittenFiles`] (and the writer's set of
+/// paths a layer touched) keep instead of the path.
+pub(crate) fn key(path: &Path) -> [u8; 16] {
     let hash = blake3::hash(path.as_os_str().as_bytes());
     let mut key = [0; 16];
     key.copy_from_slice(&hash.as_bytes()[..16]);
