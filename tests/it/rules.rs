@@ -319,6 +319,37 @@ cases! {
     privileged_r16_one_file_by_two_spellings: Want::Umoci, [
         [dir("real/"), symlink("alias", "real"), file("alias/f", b"1"), file("real/f", b"two")],
     ];
+    /// Opaque markers as a layer's only entries for their directories, one
+    /// inside the other: the outer stays, empty; the inner goes (umoci takes
+    /// entries in order: the outer marker removed it). Found by an attack
+    /// on the writer's set of touched paths, which must find `d/` (a
+    /// directory resolved through the kernel) as `d`.
+    privileged_r16_nested_opaque_markers_alone: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), dir("d/sub/"), file("d/sub/b", b"b")],
+        [opaque("d"), opaque("d/sub")],
+    ];
+    /// The same, the inner marker first.
+    privileged_r16_nested_opaque_markers_inner_first: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), dir("d/sub/"), file("d/sub/b", b"b")],
+        [opaque("d/sub"), opaque("d"), file("d/c", b"c")],
+    ];
+    /// An inner marker with a file of the layer below it: the directory stays.
+    privileged_r16_nested_opaque_marker_with_a_file_keeps_its_directory: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), dir("d/sub/"), file("d/sub/b", b"b")],
+        [opaque("d"), opaque("d/sub"), file("d/sub/new", b"n")],
+    ];
+    /// An opaque marker, then a whiteout of its directory: the directory goes.
+    privileged_r16_an_opaque_directory_then_whited_out_goes: Want::Umoci, [
+        [dir("e/"), file("e/x", b"x")],
+        [opaque("e"), whiteout("e")],
+    ];
+    /// The same with a whiteout below it first and a symlink elsewhere in
+    /// the layer (which makes the writer resolve paths): the result does not
+    /// depend on it.
+    privileged_r16_whiteout_opaque_whiteout_with_an_unrelated_symlink: Want::Umoci, [
+        [dir("d/"), file("d/a", b"a"), file("d/b", b"b")],
+        [whiteout("d/a"), opaque("d"), whiteout("d"), symlink("zz", "nowhere")],
+    ];
     /// Issue 16, 2: a file below a path that a file just took.
     privileged_r16_a_file_below_a_file_is_refused: Want::Refused("is not a directory"), [
         [dir("d/"), file("d/p", b"p"), file("d/p/x", b"x")],

@@ -393,9 +393,15 @@ impl<'o> Writer<'o> {
             // nothing and makes nothing, as umoci's.
             return Ok(());
         }
-        self.ensure_dir(dir, label)?;
+        // Not touched (as for a whiteout's parents): a marker writes nothing
+        // of its own, and a directory whose only entry is its marker goes
+        // with a whiteout of it, or an opaque parent, later in the layer
+        // (as in umoci, which takes entries in order).
+        self.for_whiteout = true;
+        let made = self.ensure_dir(dir, label);
+        self.for_whiteout = false;
+        made?;
         let dir = &self.resolved_dir(dir);
-        self.touch(dir);
         match self.opts.mode {
             Mode::Overlay => {
                 let fd =
@@ -951,10 +957,43 @@ impl<'o> Writer<'o> {
         Ok(())
     }
 
+    /// Overlay mode: a directory this layer made only for its opaque
+    /// marker, inside another opaque directory of the layer, hides nothing
+    /// (the lowers' copy is hidden already) and holds nothing the layer
+    /// wrote: it goes, as in umoci, where the outer marker has removed the
+    /// directory by the time the inner one finds none.
+    fn drop_hidden_marker_dirs(&mut self) -> Result<()> {
+        let hidden: Vec<PathBuf> = self
+            .opaque_dirs
+            .iter()
+            .filter(|d| {
+                !self.touched.contains(&crate::tree::key(d))
+                    && d.ancestors().skip(1).any(|a| self.opaque_dirs.contains(a))
+            })
+            .cloned()
+            .collect();
+        for dir in &hidden {
+            if !self.opaque_dirs.contains(dir) {
+                continue; // gone with a hidden parent
+            }
+            let Ok(pfd) = sys::resolve_dir(&self.root, parent(dir)) else {
+                continue;
+            };
+            sys::remove_all_at(&pfd, base(dir)).map_err(|e| Error::io("removing", dir, e))?;
+            self.opaque_dirs.retain(|d| !d.starts_with(dir));
+            self.implied.retain(|d| !d.starts_with(dir));
+            self.whiteouts.retain(|w| !w.starts_with(dir));
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<Summary> {
         self.settle()?;
         for dir in std::mem::take(&mut self.opaque) {
-            self.clear_lower(&dir)?;
+            // Gone already: an opaque parent or a whiteout took it.
+            if sys::resolve_dir(&self.root, &dir).is_ok() {
+                self.clear_lower(&dir)?;
+            }
         }
         // Deepest first, so a parent's mtime is set after its children's.
         for (path, meta) in self.dirs.iter().rev() {
@@ -983,6 +1022,7 @@ impl<'o> Writer<'o> {
         }
         self.summary.content = self.content.take().unwrap_or_default();
         if self.opts.mode == Mode::Overlay {
+            self.drop_hidden_marker_dirs()?;
             self.summary.fixups = Fixups {
                 implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
                 lower_links: std::mem::take(&mut self.lower_links),

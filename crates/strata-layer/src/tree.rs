@@ -41,12 +41,35 @@ use crate::sys;
 pub struct WrittenFiles(HashMap<[u8; 16], WrittenFile>);
 
 /// A path's 128-bit key: what [`WrittenFiles`] (and the writer's set of
-/// paths a layer touched) keep instead of the path.
+/// paths a layer touched) keep instead of the path. Paths that are equal
+/// as [`Path`]s have one key: `d/`, `d//x` and `d/./x` are `d` and `d/x`
+/// (a directory resolved through the kernel comes back as `d/`).
 pub(crate) fn key(path: &Path) -> [u8; 16] {
-    let hash = blake3::hash(path.as_os_str().as_bytes());
+    let bytes = path.as_os_str().as_bytes();
+    let hash = if is_plain(bytes) {
+        blake3::hash(bytes)
+    } else {
+        let mut plain = Vec::with_capacity(bytes.len());
+        for part in path.components() {
+            if !plain.is_empty() && !plain.ends_with(b"/") {
+                plain.push(b'/');
+            }
+            plain.extend_from_slice(part.as_os_str().as_bytes());
+        }
+        blake3::hash(&plain)
+    };
     let mut key = [0; 16];
     key.copy_from_slice(&hash.as_bytes()[..16]);
     key
+}
+
+/// Whether `path` is spelled as its components joined by `/` (no empty or
+/// `.` part past the first, no trailing `/`), so its bytes are its key's.
+fn is_plain(path: &[u8]) -> bool {
+    !(path.len() > 1 && path.ends_with(b"/")
+        || path.ends_with(b"/.")
+        || path.windows(2).any(|w| w == b"//")
+        || path.windows(3).any(|w| w == b"/./"))
 }
 
 /// One file extraction wrote ([`WrittenFiles`]).
@@ -490,5 +513,34 @@ fn hash_reader(file: &mut File, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path and its other spellings (as `Path`s they are equal) share a
+    /// key: the writer records a directory resolved through the kernel as
+    /// `d/` and looks it up as `d`.
+    #[test]
+    fn equal_paths_have_one_key() {
+        for (a, b) in [
+            ("d/", "d"),
+            ("d//x", "d/x"),
+            ("d/./x", "d/x"),
+            ("d/x/.", "d/x"),
+            ("d/x//", "d/x"),
+            ("./", "."),
+        ] {
+            assert_eq!(Path::new(a), Path::new(b));
+            assert_eq!(key(Path::new(a)), key(Path::new(b)), "{a} and {b}");
+        }
+        for (a, b) in [("d", "e"), ("d/x", "dx"), ("./d", "d"), ("/d", "d")] {
+            assert_ne!(key(Path::new(a)), key(Path::new(b)), "{a} and {b}");
+        }
+        // A plain path's key is its bytes' hash: what the walk looks a
+        // listed name up by.
+        assert_eq!(key(Path::new("a/b")), blake3::hash(b"a/b").as_bytes()[..16]);
     }
 }
