@@ -350,6 +350,27 @@ cases! {
         [dir("d/"), file("d/a", b"a"), file("d/b", b"b")],
         [whiteout("d/a"), opaque("d"), whiteout("d"), symlink("zz", "nowhere")],
     ];
+    /// Opaque markers whose directories a later symlink of the layer
+    /// replaces (the outer one, one in between, the marked one itself, its
+    /// parent): what the markers hid is not looked for through the symlink,
+    /// so nothing at its destination goes (found by an attack on the
+    /// marker rules above).
+    privileged_r16_markers_then_a_symlink_over_the_outer_directory: Want::Umoci, [
+        [dir("a/"), file("a/x", b"ax"), dir("a/b/"), file("a/b/y", b"by"), dir("c/"), file("c/q", b"cq")],
+        [opaque("a"), opaque("a/b"), symlink("a", "c"), file("c/b/k", b"k")],
+    ];
+    privileged_r16_markers_then_a_symlink_in_between: Want::Umoci, [
+        [dir("a/"), file("a/x", b"ax"), dir("a/b/"), dir("a/b/c/"), file("a/b/c/z", b"cz"), dir("c/"), file("c/q", b"cq")],
+        [file("c/c/k", b"k"), opaque("a"), opaque("a/b/c"), symlink("a/b", "../c")],
+    ];
+    privileged_r16_a_marker_then_a_symlink_over_its_directory: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/y", b"by"), dir("c/"), file("c/q", b"cq")],
+        [opaque("a/b"), symlink("a/b", "../c")],
+    ];
+    privileged_r16_a_marker_then_a_symlink_over_its_parent: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/y", b"by"), dir("c/"), dir("c/b/"), file("c/b/keep", b"keep")],
+        [opaque("a/b"), symlink("a", "c")],
+    ];
     /// Issue 16, 2: a file below a path that a file just took.
     privileged_r16_a_file_below_a_file_is_refused: Want::Refused("is not a directory"), [
         [dir("d/"), file("d/p", b"p"), file("d/p/x", b"x")],
