@@ -978,7 +978,7 @@ impl<'o> Writer<'o> {
             }
             // Where it was made, or nothing: a later entry may have put a
             // symlink in its place or in an ancestor's.
-            let Some(pfd) = self.open_dir_no_links(parent(dir)) else {
+            let Ok(pfd) = sys::open_dir_no_symlinks(&self.root, parent(dir)) else {
                 continue;
             };
             let is_dir = sys::lstat_at(&pfd, base(dir))
@@ -996,26 +996,12 @@ impl<'o> Writer<'o> {
         Ok(())
     }
 
-    /// `rel` (a path as it resolved when recorded) opened one name at a
-    /// time, following no symlink: `None` if a part is missing or is not a
-    /// directory (a later entry of the layer replaced it).
-    fn open_dir_no_links(&self, rel: &Path) -> Option<OwnedFd> {
-        let mut fd = sys::resolve_read(&self.root, Path::new("")).ok()?;
-        for part in rel.components() {
-            let std::path::Component::Normal(name) = part else {
-                return None;
-            };
-            fd = sys::open_nofollow(&fd, name, true).ok()?;
-        }
-        Some(fd)
-    }
-
     fn finish(mut self) -> Result<Summary> {
         self.settle()?;
         for dir in std::mem::take(&mut self.opaque) {
             // Gone already (an opaque parent or a whiteout took it), or
             // replaced by a symlink (its marker hides nothing there).
-            if self.open_dir_no_links(&dir).is_some() {
+            if sys::open_dir_no_symlinks(&self.root, &dir).is_ok() {
                 self.clear_lower(&dir)?;
             }
         }

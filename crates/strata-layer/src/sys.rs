@@ -27,6 +27,15 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
 }
 
 fn openat2_retrying(root: impl AsFd, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    openat2_with(root, rel, flags, RESOLVE)
+}
+
+fn openat2_with(
+    root: impl AsFd,
+    rel: &Path,
+    flags: OFlags,
+    resolve: ResolveFlags,
+) -> io::Result<OwnedFd> {
     let rel: &Path = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -39,7 +48,7 @@ fn openat2_retrying(root: impl AsFd, rel: &Path, flags: OFlags) -> io::Result<Ow
             rel,
             flags | OFlags::CLOEXEC,
             Mode::empty(),
-            RESOLVE,
+            resolve,
         ) {
             // The kernel asks for a retry when a rename raced the lookup.
             Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
@@ -52,6 +61,18 @@ fn openat2_retrying(root: impl AsFd, rel: &Path, flags: OFlags) -> io::Result<Ow
 /// directory handle usable with `*at` calls.
 pub(crate) fn resolve_dir(root: impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
     openat2_retrying(root, rel, OFlags::PATH | OFlags::DIRECTORY)
+}
+
+/// Opens the directory `rel` inside `root` only if no part of it is a
+/// symlink: where an entry recorded a directory (its path as it resolved
+/// then), and not wherever a symlink a later entry put there leads.
+pub(crate) fn open_dir_no_symlinks(root: impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
+    openat2_with(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY,
+        RESOLVE.union(ResolveFlags::NO_SYMLINKS),
+    )
 }
 
 /// Resolves `rel` inside `root` and opens it for reading (file or directory).

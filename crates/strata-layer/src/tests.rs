@@ -65,6 +65,28 @@ fn append(
     b.append(h, data).unwrap();
 }
 
+/// A regular file after a PAX header of these xattr records, in order.
+fn file_with_xattrs(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    data: &[u8],
+    pairs: &[(&str, &[u8])],
+) {
+    let keys: Vec<_> = pairs
+        .iter()
+        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+        .collect();
+    b.append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+        .unwrap();
+    append(
+        b,
+        &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+        name,
+        None,
+        data,
+    );
+}
+
 fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
@@ -126,31 +148,9 @@ fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                     &[],
                 );
             }
-            E::Xattrs(name, data, pairs) => {
-                let keys: Vec<_> = pairs
-                    .iter()
-                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
-                    .collect();
-                b.append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
-                    .unwrap();
-                append(
-                    &mut b,
-                    &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
-                    name,
-                    None,
-                    data,
-                );
-            }
+            E::Xattrs(name, data, pairs) => file_with_xattrs(&mut b, name, data, pairs),
             E::Xattr(name, data, key, value) => {
-                let key = format!("SCHILY.xattr.{key}");
-                b.append_pax_extensions([(key.as_str(), *value)]).unwrap();
-                append(
-                    &mut b,
-                    &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
-                    name,
-                    None,
-                    data,
-                );
+                file_with_xattrs(&mut b, name, data, &[(key, value)]);
             }
         }
     }
