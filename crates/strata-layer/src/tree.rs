@@ -58,6 +58,11 @@ pub(crate) fn key(path: &Path) -> [u8; 16] {
         }
         blake3::hash(&plain)
     };
+    truncated(&hash)
+}
+
+/// A key from a path's hash: its first 128 bits.
+fn truncated(hash: &blake3::Hash) -> [u8; 16] {
     let mut key = [0; 16];
     key.copy_from_slice(&hash.as_bytes()[..16]);
     key
@@ -132,7 +137,7 @@ impl WrittenFiles {
     }
 
     /// The record of `name` in directory `dir` (`dir.join(name)`, without
-    /// making that path).
+    /// making that path; `dir` is plain, as the walk builds it).
     fn get_child(&self, dir: &Path, name: &OsStr) -> Option<&WrittenFile> {
         let mut hasher = blake3::Hasher::new();
         if !dir.as_os_str().is_empty() {
@@ -140,9 +145,7 @@ impl WrittenFiles {
             hasher.update(b"/");
         }
         hasher.update(name.as_bytes());
-        let mut key = [0; 16];
-        key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-        self.0.get(&key)
+        self.0.get(&truncated(&hasher.finalize()))
     }
 
     /// How many files are remembered.
@@ -179,7 +182,7 @@ pub fn tree_digest(root: &Path, known: &WrittenFiles) -> io::Result<String> {
     )
     .map_err(|e| named(root, e.into()))?;
     let st = rfs::fstat(&fd).map_err(|e| named(root, e.into()))?;
-    walk.header(
+    walk.entry(
         Path::new(""),
         &Meta::of(&st),
         &sys::xattrs(&fd).map_err(|e| named(root, e))?,
@@ -360,7 +363,7 @@ struct Walk<'k> {
 impl<'k> Walk<'k> {
     /// Hashes an entry's part: its path, kind, mode, owner, mtime, xattrs,
     /// then `tail` (what the kind adds).
-    fn header(&mut self, rel: &Path, meta: &Meta, xattrs: &[(String, Vec<u8>)], tail: &[&[u8]]) {
+    fn entry(&mut self, rel: &Path, meta: &Meta, xattrs: &[(String, Vec<u8>)], tail: &[&[u8]]) {
         let p = &mut self.part;
         p.clear();
         p.extend_from_slice(rel.as_os_str().as_bytes());
@@ -383,7 +386,7 @@ impl<'k> Walk<'k> {
         self.hasher.update(p);
     }
 
-    /// A regular file's part: its header, size and content hash.
+    /// A regular file's part: its entry fields, size and content hash.
     fn file(
         &mut self,
         rel: &Path,
@@ -392,7 +395,7 @@ impl<'k> Walk<'k> {
         size: u64,
         hash: &[u8; 32],
     ) {
-        self.header(rel, meta, xattrs, &[&size.to_le_bytes(), hash]);
+        self.entry(rel, meta, xattrs, &[&size.to_le_bytes(), hash]);
     }
 
     /// Hashes the tree below directory `root`, depth first, without
@@ -437,7 +440,7 @@ impl<'k> Walk<'k> {
                         sys::open_nofollow(&fd, &name, true).map_err(|e| named(&path, e))?;
                     let here = rfs::fstat(&fd)
                         .map_err(|e| named(path.parent().unwrap_or(&path), e.into()))?;
-                    self.header(
+                    self.entry(
                         &path,
                         &meta,
                         &sys::xattrs(&child).map_err(|e| named(&path, e))?,
@@ -471,12 +474,12 @@ impl<'k> Walk<'k> {
                 b'l' => {
                     let target = rfs::readlinkat(&fd, &name, Vec::new())
                         .map_err(|e| named(&path, e.into()))?;
-                    self.header(&path, &meta, &xattrs, &[target.as_bytes(), &[0]]);
+                    self.entry(&path, &meta, &xattrs, &[target.as_bytes(), &[0]]);
                 }
                 b'c' | b'b' => {
-                    self.header(&path, &meta, &xattrs, &[&st.st_rdev.to_le_bytes()]);
+                    self.entry(&path, &meta, &xattrs, &[&st.st_rdev.to_le_bytes()]);
                 }
-                _ => self.header(&path, &meta, &xattrs, &[]),
+                _ => self.entry(&path, &meta, &xattrs, &[]),
             }
         }
         Ok(())
