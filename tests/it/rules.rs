@@ -1020,3 +1020,91 @@ fn privileged_r16_without_proc_two_spellings_of_a_file_keep_their_order() {
         assert_eq!(got, vec![b'B'; 3000], "usr/lib/f{i}: the later entry wins");
     }
 }
+
+cases! {
+    /// A directory over a file (or a symlink, a hard link to a lower file)
+    /// of the same layer is a new directory: the file replaced the lower
+    /// directory, whose content must not show through (the mount showed it).
+    privileged_rule_a_directory_over_the_layers_own_file_is_new: Want::Umoci, [
+        [dir("x/"), file("x/old", b"o")],
+        [file("x", b"f"), dir("x/"), file("x/new", b"n")],
+    ];
+    privileged_rule_a_directory_over_the_layers_own_symlink_is_new: Want::Umoci, [
+        [dir("x/"), file("x/old", b"o")],
+        [symlink("x", "nowhere"), dir("x/")],
+    ];
+    privileged_rule_a_directory_over_a_link_to_a_lower_file_is_new: Want::Umoci, [
+        [file("t", b"t"), dir("x/"), file("x/old", b"o")],
+        [hardlink("x", "t"), dir("x/")],
+    ];
+    /// The layer's own directory, then a file, then the directory again:
+    /// only what follows the last one stays; a whiteout in it hides nothing.
+    privileged_rule_directory_file_directory_keeps_the_last: Want::Umoci, [
+        [dir("x/"), file("x/old", b"o"), file("x/keep", b"k")],
+        [dir("x/"), file("x/a", b"a"), file("x", b"f"), dir("x/"), file("x/new", b"n"), whiteout("x/keep")],
+    ];
+    /// A directory implied by a file, then replaced by a file: the file does
+    /// not take the lower directory's owner and mode (the fix-up gave it
+    /// them after the tree digest was taken: fsck called the fresh layer
+    /// damaged).
+    privileged_rule_an_implied_directory_replaced_by_a_file: Want::Umoci, [
+        [dir("d/").mode(0o700).owner(1, 1), file("d/a", b"a")],
+        [file("d/x", b"x"), file("d", b"f").mode(0o644)],
+    ];
+    /// The same for a directory made to hold a whiteout, replaced by a file
+    /// or a symlink (the whiteout goes with it).
+    privileged_rule_a_whiteouts_parent_replaced_by_a_file: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/y", b"y")],
+        [whiteout("a/b/y"), file("a/b", b"f")],
+    ];
+    privileged_rule_a_whiteouts_parent_replaced_by_a_symlink: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/y", b"y"), dir("a/c/"), file("a/c/q", b"q")],
+        [whiteout("a/b/y"), symlink("a/b", "c")],
+    ];
+    /// A whiteout or an opaque marker below a file or a whiteout of the
+    /// same layer hides nothing and makes nothing (the mount refused the
+    /// first, and made an empty directory of the second).
+    privileged_rule_a_whiteout_below_the_layers_own_file: Want::Umoci, [
+        [dir("a/")],
+        [file("a/b", b"f"), whiteout("a/b/x")],
+    ];
+    privileged_rule_a_whiteout_and_a_marker_below_a_whiteout: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/x", b"x")],
+        [whiteout("a/b"), whiteout("a/b/x"), opaque("a/b")],
+    ];
+    privileged_rule_a_marker_on_a_whited_out_directory: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/z", b"z")],
+        [whiteout("a/b"), opaque("a/b")],
+    ];
+    /// Directories made only to hold whiteouts or markers inside an opaque
+    /// directory of the layer go, parents included (the mount showed them
+    /// empty): the opaque directory hid what they were made for.
+    privileged_rule_markers_on_a_and_a_grandchild: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), dir("a/b/c/"), file("a/b/c/z", b"z")],
+        [opaque("a"), opaque("a/b/c")],
+    ];
+    privileged_rule_markers_on_a_grandchild_then_a: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), dir("a/b/c/"), file("a/b/c/z", b"z")],
+        [opaque("a/b/c"), opaque("a")],
+    ];
+    privileged_rule_a_whiteout_deep_inside_an_opaque_directory: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/z", b"z")],
+        [opaque("a"), whiteout("a/b/c")],
+    ];
+    privileged_rule_a_whiteout_inside_an_opaque_directory_beside_a_file: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/c", b"c"), file("a/z", b"z")],
+        [opaque("a"), whiteout("a/b/c"), file("a/b/f", b"f")],
+    ];
+    /// A marker through a lower symlink into a directory the layer's own
+    /// opaque parent hides: the directory it led to is not made.
+    privileged_rule_a_marker_through_a_lower_symlink_into_an_opaque_directory: Want::Umoci, [
+        [dir("a/"), dir("a/b/"), file("a/b/z", b"z"), symlink("s", "a/b")],
+        [opaque("a"), opaque("s")],
+    ];
+    /// All of it in one layer: a file's implied parent holding a whiteout,
+    /// replaced by a file, then by a directory.
+    privileged_rule_implied_whiteout_file_directory: Want::Umoci, [
+        [dir("a/"), file("a/x", b"x")],
+        [file("a/b/c", b"c"), whiteout("a/b/c/d"), file("a/b", b"now a file"), dir("a/b/"), file("a/b/e", b"e")],
+    ];
+}

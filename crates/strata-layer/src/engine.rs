@@ -58,7 +58,7 @@ pub(crate) struct Writer<'o> {
     /// Apply mode: the last lexical parent and where it resolved.
     parent_cache: Option<(PathBuf, PathBuf)>,
     /// Overlay mode: whiteout devices this layer made.
-    whiteouts: HashSet<PathBuf>,
+    whiteouts: BTreeSet<PathBuf>,
     /// Apply mode: directories to empty of lower content at the end.
     opaque: Vec<PathBuf>,
     /// Directories whose mode and mtime are set at the end: the last entry
@@ -151,7 +151,7 @@ impl<'o> Writer<'o> {
             opts,
             touched: HashSet::new(),
             parent_cache: None,
-            whiteouts: HashSet::new(),
+            whiteouts: BTreeSet::new(),
             opaque: Vec::new(),
             dirs: BTreeMap::new(),
             zero_devices: Vec::new(),
@@ -386,9 +386,31 @@ impl<'o> Writer<'o> {
             .map_err(|e| Error::io("marking opaque", rel, e))
     }
 
+    /// Overlay mode: forgets what the layer recorded at and below `path`,
+    /// which an entry of the layer replaces: an implied directory there no
+    /// longer takes a lower one's metadata (it would land on the file that
+    /// replaced it), and a whiteout or an opaque mark went with it.
+    fn forget_replaced(&mut self, path: &Path) {
+        for set in [
+            &mut self.implied,
+            &mut self.whiteouts,
+            &mut self.opaque_dirs,
+        ] {
+            if !set.is_empty() {
+                remove_tree(set, path);
+            }
+        }
+    }
+
     fn opaque_marker(&mut self, dir: &Path, label: &str) -> Result<()> {
         self.summary.opaque_dirs += 1;
-        if self.opts.mode == Mode::Apply && sys::resolve_dir(&self.root, dir).is_err() {
+        let no_dir = match self.opts.mode {
+            Mode::Apply => sys::resolve_dir(&self.root, dir).is_err(),
+            // A lower directory may be there, unless a non-directory of
+            // this layer (a file, a whiteout) is in the way.
+            Mode::Overlay => hidden_by_a_non_dir(&self.root, dir),
+        };
+        if no_dir {
             // No directory there (nothing, or a file): the marker hides
             // nothing and makes nothing, as umoci's.
             return Ok(());
@@ -464,6 +486,11 @@ impl<'o> Writer<'o> {
                 sys::remove_all_at(&pfd, base(target)).map_err(|e| Error::io("deleting", target, e))
             }
             Mode::Overlay => {
+                if hidden_by_a_non_dir(&self.root, parent(target)) {
+                    // A file (or a whiteout) this layer put above the
+                    // target hides everything below it already.
+                    return Ok(());
+                }
                 self.for_whiteout = true;
                 let pfd = self.ensure_dir(parent(target), label);
                 self.for_whiteout = false;
@@ -481,9 +508,7 @@ impl<'o> Writer<'o> {
                     // directory replaces them.
                     sys::remove_all_at(&pfd, base(target))
                         .map_err(|e| Error::io("replacing", target, e))?;
-                    self.whiteouts.retain(|w| !w.starts_with(target));
-                    self.implied.retain(|d| !d.starts_with(target));
-                    self.opaque_dirs.retain(|d| !d.starts_with(target));
+                    self.forget_replaced(target);
                 }
                 rfs::mknodat(
                     &pfd,
@@ -564,12 +589,25 @@ impl<'o> Writer<'o> {
         if self.opts.mode == Mode::Overlay && self.whiteouts.remove(path) {
             make_opaque = entry.kind == Kind::Dir;
         }
-        let keep_dir = entry.kind == Kind::Dir
-            && existing
-                .as_ref()
-                .is_some_and(|st| sys::file_type(st) == FileType::Directory);
+        let existing_dir = existing
+            .as_ref()
+            .is_some_and(|st| sys::file_type(st) == FileType::Directory);
+        let keep_dir = entry.kind == Kind::Dir && existing_dir;
+        if self.opts.mode == Mode::Overlay
+            && entry.kind == Kind::Dir
+            && !existing_dir
+            && (existing.is_some() || self.lower_links.iter().any(|(link, _)| link == path))
+        {
+            // A directory over a file (a link, a node) of this layer: the
+            // file replaced what the lowers had there, so the directory is
+            // a new one, showing none of it.
+            make_opaque = true;
+        }
         if existing.is_some() && !keep_dir {
             sys::remove_all_at(&pfd, name).map_err(|e| Error::io("replacing", path, e))?;
+            if self.opts.mode == Mode::Overlay {
+                self.forget_replaced(path);
+            }
         }
         if let Some(content) = &mut self.content {
             content.remove(path);
@@ -786,8 +824,9 @@ impl<'o> Writer<'o> {
             }
             None => path,
         };
-        if self.opts.mode == Mode::Overlay && !self.whiteouts.is_empty() {
-            self.whiteouts.remove(path);
+        if self.opts.mode == Mode::Overlay {
+            // Whatever was there goes (the file replaces it).
+            self.forget_replaced(path);
         }
         if let Some(content) = &mut self.content {
             content.remove(path);
@@ -957,23 +996,27 @@ impl<'o> Writer<'o> {
         Ok(())
     }
 
-    /// Overlay mode: a directory this layer made only for its opaque
-    /// marker, inside another opaque directory of the layer, hides nothing
-    /// (the lowers' copy is hidden already) and holds nothing the layer
-    /// wrote: it goes, as in umoci, where the outer marker has removed the
-    /// directory by the time the inner one finds none.
-    fn drop_hidden_marker_dirs(&mut self) -> Result<()> {
+    /// Overlay mode: a directory this layer made only for whiteouts and
+    /// opaque markers (it wrote nothing there, nor below), inside an opaque
+    /// directory of the layer, hides nothing (the lowers' copy is hidden
+    /// already) and holds nothing: it goes, with what it holds, as in umoci,
+    /// where the outer directory's marker or whiteout has removed the
+    /// directory by the time the entries below it find none.
+    fn drop_hidden_dirs(&mut self) -> Result<()> {
         let hidden: Vec<PathBuf> = self
-            .opaque_dirs
+            .implied
             .iter()
+            .chain(&self.opaque_dirs)
             .filter(|d| {
                 !self.touched.contains(&crate::tree::key(d))
                     && d.ancestors().skip(1).any(|a| self.opaque_dirs.contains(a))
             })
             .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         for dir in &hidden {
-            if !self.opaque_dirs.contains(dir) {
+            if !self.implied.contains(dir) && !self.opaque_dirs.contains(dir) {
                 continue; // gone with a hidden parent
             }
             // Where it was made, or nothing: a later entry may have put a
@@ -989,9 +1032,7 @@ impl<'o> Writer<'o> {
                 continue;
             }
             sys::remove_all_at(&pfd, base(dir)).map_err(|e| Error::io("removing", dir, e))?;
-            self.opaque_dirs.retain(|d| !d.starts_with(dir));
-            self.implied.retain(|d| !d.starts_with(dir));
-            self.whiteouts.retain(|w| !w.starts_with(dir));
+            self.forget_replaced(dir);
         }
         Ok(())
     }
@@ -1032,7 +1073,7 @@ impl<'o> Writer<'o> {
         }
         self.summary.content = self.content.take().unwrap_or_default();
         if self.opts.mode == Mode::Overlay {
-            self.drop_hidden_marker_dirs()?;
+            self.drop_hidden_dirs()?;
             self.summary.fixups = Fixups {
                 implied_dirs: std::mem::take(&mut self.implied).into_iter().collect(),
                 lower_links: std::mem::take(&mut self.lower_links),
@@ -1045,6 +1086,26 @@ impl<'o> Writer<'o> {
             self.summary.fixups.whiteouts.sort();
         }
         Ok(self.summary)
+    }
+}
+
+/// Overlay mode: whether a non-directory of the layer (a file, a symlink
+/// to one, a whiteout) is at `dir` or above it. Below it, the lowers are
+/// hidden already.
+fn hidden_by_a_non_dir(root: &OwnedFd, dir: &Path) -> bool {
+    matches!(sys::resolve_dir(root, dir), Err(e) if e.raw_os_error() == Some(libc_enotdir()))
+}
+
+/// Removes `path` and every path below it from `set`, where a path's
+/// descendants follow it (paths order by component).
+fn remove_tree(set: &mut BTreeSet<PathBuf>, path: &Path) {
+    let below: Vec<PathBuf> = set
+        .range::<Path, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
+        .take_while(|p| p.starts_with(path))
+        .cloned()
+        .collect();
+    for p in below {
+        set.remove(&p);
     }
 }
 

@@ -638,13 +638,16 @@ fn drop_what_hides_nothing(root: &OwnedFd, fixups: &Fixups, lowers: &Lowers) -> 
         }
     }
     // Implied directories left empty (they held only whiteouts or an opaque
-    // mark) where the lowers show no directory: deepest first. Otherwise the
+    // mark) where the lowers show no directory (none there, or one this
+    // layer's opaque directory above hides): deepest first. Otherwise the
     // layer would make a directory that hides a lower file, or that no
     // entry made.
     let mut doomed: Vec<&Path> = fixups.implied_dirs.iter().map(PathBuf::as_path).collect();
     doomed.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     for dir in doomed {
-        if matches!(lowers.lookup(dir)?, Below::Found(_, st) if sys::file_type(&st) == FileType::Directory)
+        let under_own_opaque = dir.ancestors().skip(1).any(|a| opaque.contains(a));
+        if !under_own_opaque
+            && matches!(lowers.lookup(dir)?, Below::Found(_, st) if sys::file_type(&st) == FileType::Directory)
         {
             continue;
         }

@@ -111,8 +111,9 @@ pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("spawning the command");
     assert!(
         out.status.success(),
-        "{cmd:?} failed with {}\nstderr:\n{}",
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
