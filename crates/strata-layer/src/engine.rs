@@ -6,6 +6,7 @@
 //! their content, so a read-only directory can still be filled and keeps the
 //! mtime the tar gave it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
@@ -188,7 +189,8 @@ impl<'o> Writer<'o> {
     /// file in flight may be about to replace.
     fn must_wait(&self, lexical: &Path, resolved: &Path) -> bool {
         self.fanout.in_flight()
-            && (self.fanout.conflicts(resolved) || parent(resolved) != parent(lexical))
+            && (self.fanout.conflicts(resolved)
+                || (self.resolves() && parent(resolved) != parent(lexical)))
     }
 
     /// Apply mode: `dir` resolved through every symlink, as a path relative
@@ -237,31 +239,38 @@ impl<'o> Writer<'o> {
     }
 
     /// Apply mode: `path` with its parent resolved (the last component is
-    /// never followed), cached for consecutive entries of one directory.
-    fn resolved(&mut self, path: &Path) -> PathBuf {
+    /// never followed), cached for consecutive entries of one directory;
+    /// `path` itself where paths need no resolving.
+    fn resolved<'p>(&mut self, path: &'p Path) -> Cow<'p, Path> {
         if !self.resolves() || path.as_os_str().is_empty() {
-            return path.to_owned();
+            return Cow::Borrowed(path);
         }
         let lexical = parent(path);
         if let Some((cached, real)) = &self.parent_cache
             && cached == lexical
         {
-            return real.join(base(path));
+            return Cow::Owned(real.join(base(path)));
         }
         let real = self.resolved_dir(lexical);
         let out = real.join(base(path));
         self.parent_cache = Some((lexical.to_owned(), real));
-        out
+        Cow::Owned(out)
     }
 
-    fn touch(&mut self, path: &Path) {
-        let mut p = Some(path);
+    /// Records that this layer wrote `path` (and so every directory above
+    /// it); returns whether `path` itself is new to the record.
+    fn touch(&mut self, path: &Path) -> bool {
+        if !self.touched.insert(crate::tree::key(path)) {
+            return false;
+        }
+        let mut p = path.parent();
         while let Some(q) = p {
             if !self.touched.insert(crate::tree::key(q)) {
                 break;
             }
             p = q.parent();
         }
+        true
     }
 
     fn entry(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()> {
@@ -373,7 +382,7 @@ impl<'o> Writer<'o> {
         self.parent_cache = None;
         self.last_parent = None;
         if !self.for_whiteout {
-            let made = self.resolved(rel);
+            let made = self.resolved(rel).into_owned();
             self.touch(&made);
         }
         Ok(fd)
@@ -445,7 +454,7 @@ impl<'o> Writer<'o> {
         self.summary.whiteouts += 1;
         self.parent_cache = None;
         self.last_parent = None;
-        let target = &self.resolved(target);
+        let target = &self.resolved(target).into_owned();
         let is_dir = |pfd: &OwnedFd| {
             sys::lstat_at(pfd, base(target))
                 .ok()
@@ -568,7 +577,7 @@ impl<'o> Writer<'o> {
         if entry.kind == Kind::File {
             return self.write_file(path, entry, data, label);
         }
-        let at = self.resolved(path);
+        let at = self.resolved(path).into_owned();
         if self.must_wait(path, &at) {
             // A directory where a file in flight lands, above one, or
             // through a symlink.
@@ -620,7 +629,7 @@ impl<'o> Writer<'o> {
             Kind::Hardlink(target) => {
                 let mut target = clean(target)?;
                 if self.opts.mode == Mode::Overlay && self.layer_symlinks {
-                    target = self.resolved(&target);
+                    target = self.resolved(&target).into_owned();
                 }
                 if target.as_os_str().is_empty() {
                     return Err(Error::entry(label, "a hard link to the root directory"));
@@ -761,7 +770,7 @@ impl<'o> Writer<'o> {
                 self.node_metadata(&pfd, path, entry)?;
             }
         }
-        let written = self.resolved(path);
+        let written = self.resolved(path).into_owned();
         if entry.kind != Kind::File {
             // A new directory or symlink may change where a parent resolves.
             self.parent_cache = None;
@@ -828,28 +837,31 @@ impl<'o> Writer<'o> {
             // Whatever was there goes (the file replaces it).
             self.forget_replaced(path);
         }
-        if let Some(content) = &mut self.content {
-            content.remove(path);
-        }
         if !self.lower_links.is_empty() {
             // A later entry of the same name replaces a link to a lower file.
             self.lower_links.retain(|(link, _)| link != path);
         }
-        self.touch(&written);
+        // While paths need no resolving, a path the layer never wrote
+        // before has no record of an earlier file to drop (every record's
+        // path was touched, spelled the same).
+        let new_path = self.touch(&written) && !self.resolves();
+        if !new_path && let Some(content) = &mut self.content {
+            content.remove(path);
+        }
         if entry.sparse.is_none() && self.fanout.has_room(entry.size) {
             // Small: its data read here, the file made on the pool.
-            let mut bytes = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
-            data.read_to_end(&mut bytes)
-                .map_err(crate::entry::stream_error)?;
-            return self.fanout.submit(fanout::Job {
-                parent: pfd,
-                path: path.to_owned(),
-                resolved: written,
-                entry: entry.clone(),
-                setgid,
-                data: bytes,
-                record: self.record(),
-            });
+            let record = self.record();
+            return self.fanout.submit(
+                &fanout::Job {
+                    parent: &pfd,
+                    path,
+                    resolved: &written,
+                    entry,
+                    setgid,
+                    record,
+                },
+                data,
+            );
         }
         let file = NewFile {
             parent: &pfd,
@@ -883,8 +895,8 @@ impl<'o> Writer<'o> {
         }
         self.summary.skipped += settled.skipped;
         if let Some(content) = &mut self.content {
-            for (path, file) in settled.written {
-                content.insert(&path, file);
+            for (key, file) in settled.written {
+                content.insert_key(key, file);
             }
         }
         self.parent_cache = None;

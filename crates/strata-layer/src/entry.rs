@@ -71,10 +71,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The name for messages.
+    /// The name for messages (borrowed unless the name is not UTF-8: every
+    /// entry takes one, most never show it).
     #[must_use]
-    pub fn label(&self) -> String {
-        String::from_utf8_lossy(&self.name).into_owned()
+    pub fn label(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
     }
 
     /// The cleaned path and what the entry does there: the one place where
@@ -273,12 +274,14 @@ impl<R: Read> EntrySource for TarSource<R> {
             let header_id =
                 |field: std::io::Result<u64>| field.map_or(Some(0), |n| i64::try_from(n).ok());
             let kind_has_data = kind == Kind::File;
+            let uid = owner_id(header_id(header.uid()), "uid", &label)?;
+            let gid = owner_id(header_id(header.gid()), "gid", &label)?;
             let mut entry = Entry {
-                name: name.clone(),
+                name,
                 kind,
                 mode: header.mode().unwrap_or(0) & 0o7777,
-                uid: owner_id(header_id(header.uid()), "uid", &label)?,
-                gid: owner_id(header_id(header.gid()), "gid", &label)?,
+                uid,
+                gid,
                 mtime: header.mtime().unwrap_or(0).try_into().unwrap_or(i64::MAX),
                 mtime_nsec: 0,
                 size: if kind_has_data { tar_entry.size() } else { 0 },
@@ -296,8 +299,10 @@ impl<R: Read> EntrySource for TarSource<R> {
                             ext.value_bytes().to_vec(),
                         ));
                     } else if key == b"uid" {
+                        let label = || entry.label().into_owned();
                         entry.uid = owner_id(pax_number(ext.value_bytes()), "PAX uid", &label)?;
                     } else if key == b"gid" {
+                        let label = || entry.label().into_owned();
                         entry.gid = owner_id(pax_number(ext.value_bytes()), "PAX gid", &label)?;
                     } else if key == b"mtime" {
                         (entry.mtime, entry.mtime_nsec) =
@@ -308,7 +313,7 @@ impl<R: Read> EntrySource for TarSource<R> {
                 }
             }
             if entry.kind == Kind::File
-                && let Some((real_name, layout)) = sparse.resolve(&mut tar_entry, &label())?
+                && let Some((real_name, layout)) = sparse.resolve(&mut tar_entry, &entry.label())?
             {
                 entry.name = real_name;
                 entry.size = layout.chunks.iter().map(|(_, len)| len).sum();
@@ -324,7 +329,7 @@ impl<R: Read> EntrySource for TarSource<R> {
             f(&entry, &mut tar_entry)?;
             if start + size > real_end.load(Ordering::Relaxed) {
                 return Err(Error::entry(
-                    label(),
+                    entry.label(),
                     format!(
                         "the layer ends inside this entry's data ({size} bytes from offset {start})"
                     ),

@@ -19,8 +19,11 @@
 //! for a bigger file, the layer's thread writes the file itself.
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::entry::Entry;
@@ -61,11 +64,13 @@ pub(crate) struct Fanout {
     #[cfg(test)]
     delay: std::time::Duration,
     state: Arc<State>,
-    /// Where the files in flight land, and every directory above them.
-    files: HashSet<PathBuf>,
-    dirs: HashSet<PathBuf>,
+    /// Where the files in flight land, and every directory above them, by
+    /// [`path_keys`]: two paths that share a key only make an entry wait
+    /// for nothing.
+    files: HashSet<u64>,
+    dirs: HashSet<u64>,
     /// Files submitted but not yet handed to the pool (fewer than [`BATCH`]).
-    pending: Vec<Job>,
+    pending: Batch,
 }
 
 /// What the pool reports back, under one lock.
@@ -76,8 +81,8 @@ struct Progress {
     /// The first error a file met.
     error: Option<Error>,
     skipped: u64,
-    /// Written files, when recorded.
-    written: Vec<(PathBuf, WrittenFile)>,
+    /// Written files, when recorded, by [`crate::tree::key`] of their path.
+    written: Vec<([u8; 16], WrittenFile)>,
 }
 
 #[derive(Default)]
@@ -92,21 +97,62 @@ pub(crate) struct Settled {
     /// Whether any file went to the pool since the last settle.
     pub(crate) waited: bool,
     pub(crate) skipped: u64,
-    pub(crate) written: Vec<(PathBuf, WrittenFile)>,
+    /// Written files, by [`crate::tree::key`] of their path.
+    pub(crate) written: Vec<([u8; 16], WrittenFile)>,
 }
 
-/// A file for the pool: everything it needs, owned.
-pub(crate) struct Job {
-    pub(crate) parent: Arc<OwnedFd>,
+/// A file for the pool, as the layer's thread hands it over.
+pub(crate) struct Job<'a> {
+    pub(crate) parent: &'a Arc<OwnedFd>,
     /// Where the file lands (messages and hashes use it).
-    pub(crate) path: PathBuf,
+    pub(crate) path: &'a Path,
     /// Where the file lands, every link followed: what conflicts are found by.
-    pub(crate) resolved: PathBuf,
-    pub(crate) entry: Entry,
+    pub(crate) resolved: &'a Path,
+    pub(crate) entry: &'a Entry,
     pub(crate) setgid: bool,
-    pub(crate) data: Vec<u8>,
     /// Whether the file is hashed and recorded for the tree digest.
     pub(crate) record: Option<XattrsKnown>,
+}
+
+/// Files handed to a pool thread together: each file's path and data in one
+/// buffer (one allocation for the batch, not three for each file, and all
+/// of it freed at once on the pool's thread).
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    files: Vec<Queued>,
+}
+
+/// A file of a [`Batch`]: everything the pool needs, owned.
+struct Queued {
+    parent: Arc<OwnedFd>,
+    /// Where its path and its data lie in the batch's bytes.
+    path: Range<usize>,
+    data: Range<usize>,
+    /// The entry's metadata (its name is the path above).
+    entry: Entry,
+    setgid: bool,
+    record: Option<XattrsKnown>,
+}
+
+/// The keys of `path` and of each of its ancestors up to the root, deepest
+/// first: a hash of its parts (empty and `.` parts skipped, so `d/` and
+/// `d/./x` are `d` and `d/x`), each prefix's from one pass over the bytes.
+pub(crate) fn path_keys(path: &Path) -> impl Iterator<Item = u64> {
+    use std::hash::Hasher as _;
+    let mut hasher = rustc_hash::FxHasher::default();
+    let mut keys: smallvec::SmallVec<[u64; 16]> = smallvec::smallvec![hasher.finish()];
+    for part in path.as_os_str().as_bytes().split(|b| *b == b'/') {
+        if part.is_empty() || part == b"." {
+            continue;
+        }
+        if keys.len() > 1 {
+            hasher.write_u8(b'/');
+        }
+        hasher.write(part);
+        keys.push(hasher.finish());
+    }
+    keys.into_iter().rev()
 }
 
 impl Fanout {
@@ -119,7 +165,7 @@ impl Fanout {
             state: Arc::default(),
             files: HashSet::new(),
             dirs: HashSet::new(),
-            pending: Vec::new(),
+            pending: Batch::default(),
         }
     }
 
@@ -131,9 +177,14 @@ impl Fanout {
     /// Whether an entry landing at `resolved` could touch a file in flight:
     /// it is one, it is below one, or it is a directory above one.
     pub(crate) fn conflicts(&self, resolved: &Path) -> bool {
-        self.in_flight()
-            && (self.dirs.contains(resolved)
-                || resolved.ancestors().any(|a| self.files.contains(a)))
+        if !self.in_flight() {
+            return false;
+        }
+        let mut keys = path_keys(resolved);
+        let own = keys.next().expect("a path has its own key");
+        self.dirs.contains(&own)
+            || self.files.contains(&own)
+            || keys.any(|k| self.files.contains(&k))
     }
 
     /// Whether any file went to the pool since the last wait.
@@ -163,9 +214,11 @@ impl Fanout {
         self.files.len() + self.dirs.len() >= MAX_TRACKED
     }
 
-    /// Hands `job` to the pool. A file that failed before is reported here
-    /// (after the others in flight ended), so a broken layer stops early.
-    pub(crate) fn submit(&mut self, job: Job) -> Result<()> {
+    /// Reads the file's data (its entry's size, less if the stream ends)
+    /// and hands it to the pool. A file that failed before is reported
+    /// here (after the others in flight ended), so a broken layer stops
+    /// early.
+    pub(crate) fn submit(&mut self, job: &Job<'_>, data: &mut dyn Read) -> Result<()> {
         let failed = self
             .state
             .progress
@@ -176,22 +229,47 @@ impl Fanout {
         if failed {
             self.settle()?;
         }
+        let batch = &mut self.pending;
+        let path_start = batch.bytes.len();
+        batch
+            .bytes
+            .extend_from_slice(job.path.as_os_str().as_bytes());
+        let data_start = batch.bytes.len();
+        read_into(
+            data,
+            &mut batch.bytes,
+            usize::try_from(job.entry.size).unwrap_or(0),
+        )
+        .map_err(crate::entry::stream_error)?;
+        let data_range = data_start..batch.bytes.len();
         {
             let mut progress = self.state.progress.lock().expect("fanout lock");
             progress.files += 1;
-            progress.bytes += job.data.len();
+            progress.bytes += data_range.len();
         }
-        let mut dir = job.resolved.parent();
-        while let Some(d) = dir {
-            if self.dirs.contains(d) {
+        let mut keys = path_keys(job.resolved);
+        self.files
+            .insert(keys.next().expect("a path has its own key"));
+        for dir in keys {
+            if !self.dirs.insert(dir) {
                 break;
             }
-            self.dirs.insert(d.to_owned());
-            dir = d.parent();
         }
-        self.files.insert(job.resolved.clone());
-        self.pending.push(job);
-        if self.pending.len() >= BATCH {
+        batch.files.push(Queued {
+            parent: Arc::clone(job.parent),
+            path: path_start..data_start,
+            data: data_range,
+            entry: Entry {
+                name: Vec::new(),
+                kind: crate::Kind::File,
+                xattrs: job.entry.xattrs.clone(),
+                sparse: None,
+                ..*job.entry
+            },
+            setgid: job.setgid,
+            record: job.record,
+        });
+        if batch.files.len() >= BATCH {
             self.flush();
         }
         Ok(())
@@ -200,25 +278,26 @@ impl Fanout {
     /// Hands the files submitted since the last hand-over to a pool thread,
     /// which writes them in order.
     fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.files.is_empty() {
             return;
         }
-        let jobs = std::mem::take(&mut self.pending);
+        let batch = std::mem::take(&mut self.pending);
         let (rules, state) = (Arc::clone(&self.rules), Arc::clone(&self.state));
         #[cfg(test)]
         let delay = self.delay;
         crate::pool::pool().spawn(move || {
             let mut done = Progress::default();
-            for job in jobs {
+            for file in &batch.files {
                 #[cfg(test)]
                 std::thread::sleep(delay);
                 done.files += 1;
-                done.bytes += job.data.len();
-                match write(&rules, &job) {
+                done.bytes += file.data.len();
+                let path = Path::new(std::ffi::OsStr::from_bytes(&batch.bytes[file.path.clone()]));
+                match write(&rules, file, path, &batch.bytes[file.data.clone()]) {
                     Ok(written) => {
                         done.skipped += written.skipped;
-                        if let Some(file) = written.recorded() {
-                            done.written.push((job.path, file));
+                        if let Some(recorded) = written.recorded() {
+                            done.written.push((crate::tree::key(path), recorded));
                         }
                     }
                     Err(e) => {
@@ -226,6 +305,7 @@ impl Fanout {
                     }
                 }
             }
+            drop(batch);
             let mut progress = state.progress.lock().expect("fanout lock");
             progress.files -= done.files;
             progress.bytes -= done.bytes;
@@ -272,21 +352,71 @@ impl Drop for Fanout {
     }
 }
 
+/// Appends up to `size` bytes of `data` to `out` (fewer where it ends):
+/// only the bytes about to be read are zeroed first, where `read_to_end`
+/// would zero all the room the buffer has.
+fn read_into(data: &mut dyn Read, out: &mut Vec<u8>, size: usize) -> std::io::Result<()> {
+    let start = out.len();
+    out.resize(start + size, 0);
+    let mut filled = 0;
+    while filled < size {
+        match data.read(&mut out[start + filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    out.truncate(start + filled);
+    Ok(())
+}
+
 /// Writes one file of a batch on a pool thread.
-fn write(rules: &FileRules, job: &Job) -> Result<crate::regular::Written> {
-    let file = NewFile {
-        parent: &job.parent,
-        path: &job.path,
-        entry: &job.entry,
-        setgid: job.setgid,
-        record: job.record,
+fn write(
+    rules: &FileRules,
+    file: &Queued,
+    path: &Path,
+    data: &[u8],
+) -> Result<crate::regular::Written> {
+    let new = NewFile {
+        parent: &file.parent,
+        path,
+        entry: &file.entry,
+        setgid: file.setgid,
+        record: file.record,
     };
-    rules.write(&file, |out| {
-        std::io::Write::write_all(out, &job.data)
-            .map_err(|e| Error::io("writing", &job.path, e))?;
+    rules.write(&new, |out| {
+        std::io::Write::write_all(out, data).map_err(|e| Error::io("writing", path, e))?;
         Ok((
-            job.data.len() as u64,
-            job.record.is_some().then(|| blake3::hash(&job.data)),
+            data.len() as u64,
+            file.record.is_some().then(|| blake3::hash(data)),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path's keys are those of its ancestors, deepest first, however the
+    /// path is spelled: a conflict is found between `d/` (a directory
+    /// resolved through the kernel) and a file in flight below `d`.
+    #[test]
+    fn a_paths_keys_are_its_ancestors_whatever_the_spelling() {
+        let keys = |p: &str| path_keys(Path::new(p)).collect::<Vec<_>>();
+        let abc = keys("a/b/c");
+        assert_eq!(abc.len(), 4, "a/b/c, a/b, a and the root");
+        assert_eq!(abc[1..], keys("a/b")[..]);
+        assert_eq!(abc[2..], keys("a")[..]);
+        assert_eq!(abc[3..], keys("")[..]);
+        for other in ["a/b/c/", "a//b/./c", "./a/b/c"] {
+            assert_eq!(keys(other), abc, "{other}");
+        }
+        for different in ["a/bc", "ab/c", "a/b/cd", "a/b"] {
+            assert_ne!(keys(different)[0], abc[0], "{different}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Entry names: lexical cleaning inside the root, and whiteout recognition.
 //! Pure functions, so each rule is a unit test.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -20,21 +21,25 @@ pub(crate) fn clean(name: &[u8]) -> Result<PathBuf> {
             "the name contains a NUL byte",
         ));
     }
-    let mut parts: Vec<&[u8]> = Vec::new();
+    // Built in one buffer (a layer of many small files cleans as many
+    // names): `..` cuts the last part off, as popping a component would.
+    let mut out: Vec<u8> = Vec::with_capacity(name.len());
     for part in name.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
             b".." => {
-                parts.pop();
+                let cut = out.iter().rposition(|b| *b == b'/').unwrap_or(0);
+                out.truncate(cut);
             }
-            p => parts.push(p),
+            p => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(p);
+            }
         }
     }
-    let mut out = PathBuf::new();
-    for p in parts {
-        out.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(p));
-    }
-    Ok(out)
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(out)))
 }
 
 /// What an entry's name says it is.

@@ -209,7 +209,7 @@ impl FileRules {
                 crate::engine::XattrPolicy::Keep => key.clone(),
                 crate::engine::XattrPolicy::Escape(escaped) => escaped,
                 crate::engine::XattrPolicy::Drop => {
-                    warn!(entry = entry.label(), xattr = %key, "dropping an overlayfs xattr carried by the layer");
+                    warn!(entry = %path.display(), xattr = %key, "dropping an overlayfs xattr carried by the layer");
                     skipped += 1;
                     continue;
                 }
@@ -217,7 +217,7 @@ impl FileRules {
             match rfs::fsetxattr(fd.as_fd(), key.as_str(), value, XattrFlags::empty()) {
                 Ok(()) => set.push((key, value.clone())),
                 Err(e @ (rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM)) => {
-                    warn!(entry = entry.label(), xattr = %key, error = %io::Error::from(e), "cannot set xattr here; skipped");
+                    warn!(entry = %path.display(), xattr = %key, error = %io::Error::from(e), "cannot set xattr here; skipped");
                     skipped += 1;
                 }
                 Err(e) => return Err(Error::io("setting an xattr on", path, e)),

@@ -69,13 +69,11 @@ impl<R: Read> Read for PadAtEof<R> {
     }
 }
 
-/// Where the stream is in the tar framing.
+/// Where the stream is in the tar framing. A block being collected (a
+/// header, a sparse extension) fills [`Framing::block`].
 enum State {
-    /// Collecting a 512-byte header block.
-    Header {
-        block: Box<[u8; 512]>,
-        filled: usize,
-    },
+    /// Collecting a 512-byte header block, `filled` bytes so far.
+    Header { filled: usize },
     /// Inside an entry's data, padded to the block; a PAX body is kept (up
     /// to `size` bytes) to find its `size` record.
     Data {
@@ -83,11 +81,7 @@ enum State {
         pax: Option<(Vec<u8>, usize)>,
     },
     /// GNU sparse extension blocks after an old-style sparse header.
-    SparseExt {
-        block: Box<[u8; 512]>,
-        filled: usize,
-        data: u64,
-    },
+    SparseExt { filled: usize, data: u64 },
     /// Past the end-of-archive marker: nothing more to follow.
     Done,
 }
@@ -96,6 +90,9 @@ enum State {
 pub(crate) struct Framing<R> {
     inner: R,
     state: State,
+    /// The block being collected (one buffer for every header: a layer of
+    /// many small files has as many headers as files).
+    block: [u8; 512],
     /// A PAX `size` for the next entry.
     pax_size: Option<u64>,
     /// Tests: blocks taken for headers whose checksum is wrong (the framing
@@ -109,6 +106,7 @@ impl<R> Framing<R> {
         Self {
             inner,
             state: header_state(),
+            block: [0; 512],
             pax_size: None,
             #[cfg(test)]
             bad_headers: 0,
@@ -117,10 +115,7 @@ impl<R> Framing<R> {
 }
 
 fn header_state() -> State {
-    State::Header {
-        block: Box::new([0; 512]),
-        filled: 0,
-    }
+    State::Header { filled: 0 }
 }
 
 fn padded(size: u64) -> u64 {
@@ -136,16 +131,15 @@ fn numeric(field: &[u8]) -> Option<u64> {
         }
         return Some(n);
     }
-    let text: Vec<u8> = field
+    let mut n: u64 = 0;
+    for digit in field
         .iter()
-        .copied()
-        .skip_while(|b| *b == b' ')
-        .take_while(|b| (b'0'..=b'7').contains(b))
-        .collect();
-    if text.is_empty() {
-        return Some(0);
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(*b))
+    {
+        n = n.checked_mul(8)?.checked_add(u64::from(digit - b'0'))?;
     }
-    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+    Some(n)
 }
 
 /// The `size` record of a PAX extended header body, if any.
@@ -191,14 +185,13 @@ impl<R> Framing<R> {
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Done => return Ok(()),
-                State::Header { block, filled } => {
+                State::Header { filled } => {
                     let n = (512 - *filled).min(bytes.len());
-                    block[*filled..*filled + n].copy_from_slice(&bytes[..n]);
+                    self.block[*filled..*filled + n].copy_from_slice(&bytes[..n]);
                     *filled += n;
                     bytes = &bytes[n..];
                     if *filled == 512 {
-                        let block = std::mem::replace(block, Box::new([0; 512]));
-                        self.state = self.after_header(&block)?;
+                        self.state = self.after_header()?;
                     }
                 }
                 State::Data { left, pax } => {
@@ -218,24 +211,16 @@ impl<R> Framing<R> {
                         self.state = header_state();
                     }
                 }
-                State::SparseExt {
-                    block,
-                    filled,
-                    data,
-                } => {
+                State::SparseExt { filled, data } => {
                     let n = (512 - *filled).min(bytes.len());
-                    block[*filled..*filled + n].copy_from_slice(&bytes[..n]);
+                    self.block[*filled..*filled + n].copy_from_slice(&bytes[..n]);
                     *filled += n;
                     bytes = &bytes[n..];
                     if *filled == 512 {
-                        let more = block[504] != 0;
+                        let more = self.block[504] != 0;
                         let data = *data;
                         self.state = if more {
-                            State::SparseExt {
-                                block: Box::new([0; 512]),
-                                filled: 0,
-                                data,
-                            }
+                            State::SparseExt { filled: 0, data }
                         } else {
                             data_state(data, None)
                         };
@@ -246,7 +231,9 @@ impl<R> Framing<R> {
         Ok(())
     }
 
-    fn after_header(&mut self, block: &[u8; 512]) -> io::Result<State> {
+    /// The state after the header block just collected in [`Self::block`].
+    fn after_header(&mut self) -> io::Result<State> {
+        let block = &self.block;
         if block.iter().all(|b| *b == 0) {
             // The tar crate stops at the first zero block.
             return Ok(State::Done);
@@ -281,7 +268,6 @@ impl<R> Framing<R> {
         let size = self.pax_size.take().unwrap_or(size);
         if recognised && kind == b'S' && block[482] != 0 {
             return Ok(State::SparseExt {
-                block: Box::new([0; 512]),
                 filled: 0,
                 data: size,
             });

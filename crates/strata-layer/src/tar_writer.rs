@@ -181,7 +181,7 @@ impl<W: Write> TarWriter<W> {
             let consumed = consumer(entry, &mut tee).and_then(|()| {
                 io::copy(&mut tee, &mut io::sink())
                     .map(drop)
-                    .map_err(|e| Error::io("reading", std::path::Path::new(&entry.label()), e))
+                    .map_err(|e| Error::io("reading", std::path::Path::new(&*entry.label()), e))
             });
             if let Some(e) = tee.write_error.take() {
                 return Err(Error::io("writing", std::path::Path::new("the layer"), e));

@@ -126,6 +126,12 @@ impl WrittenFiles {
         self.0.insert(key(path), file);
     }
 
+    /// [`Self::insert`] by the path's [`key`], made where the file was
+    /// written (the pool's thread).
+    pub(crate) fn insert_key(&mut self, key: [u8; 16], file: WrittenFile) {
+        self.0.insert(key, file);
+    }
+
     pub(crate) fn remove(&mut self, path: &Path) {
         if !self.0.is_empty() {
             self.0.remove(&key(path));
