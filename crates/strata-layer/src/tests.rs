@@ -1491,6 +1491,75 @@ fn the_tree_digest_looked_up_in_parallel_equals_one_by_one() {
     );
 }
 
+/// Issue 16: the tree digest lists directories ahead on helper threads and
+/// hashes them in order. Whatever the limits make of the walk (a directory
+/// too deep to list ahead, one with too many names to hold, helpers that
+/// wait because they are too far ahead) gives the digest one thread walking
+/// the whole tree gives, and a change in each of those places is seen.
+#[test]
+fn the_tree_digest_over_both_cores_equals_one_thread_walking() {
+    let d = dir();
+    // Deep: a chain of 12 directories, with a file and a sibling at each.
+    let mut deep = d.path().join("deep");
+    for level in 0..12 {
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), format!("level {level}")).unwrap();
+        std::fs::create_dir(deep.join("side")).unwrap();
+        deep = deep.join("d");
+    }
+    // Wide: 40 directories of 3 names, and one of 300 names with
+    // subdirectories among them.
+    for i in 0..40 {
+        let p = d.path().join(format!("wide/w{i:02}"));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("a"), b"a").unwrap();
+        std::os::unix::fs::symlink("a", p.join("s")).unwrap();
+        std::fs::create_dir(p.join("sub")).unwrap();
+    }
+    let big = d.path().join("big");
+    for i in 0..300 {
+        if i % 10 == 0 {
+            std::fs::create_dir_all(big.join(format!("n{i:03}/inner"))).unwrap();
+        } else {
+            std::fs::create_dir_all(&big).unwrap();
+            std::fs::write(big.join(format!("n{i:03}")), format!("{i}")).unwrap();
+        }
+    }
+    let none = crate::WrittenFiles::default();
+    let one_thread = crate::tree::Limits {
+        parallel: false,
+        lookups_on_pool: false,
+        ..crate::tree::Limits::default()
+    };
+    let tight = crate::tree::Limits {
+        max_depth: 3,
+        max_names: 100,
+        max_ahead_bytes: 300,
+        ..crate::tree::Limits::default()
+    };
+    let digest = |limits: &crate::tree::Limits| {
+        crate::tree::tree_digest_with(d.path(), &none, limits).unwrap()
+    };
+    let reference = digest(&one_thread);
+    assert_eq!(digest(&crate::tree::Limits::default()), reference);
+    assert_eq!(digest(&tight), reference);
+    for changed in [
+        "deep/d/d/d/d/d/d/d/d/f",
+        "deep/d/d/d/d/d/d/d/d/d/d/d",
+        "big/n299",
+        "big/n290/inner",
+        "wide/w39/sub",
+    ] {
+        let p = d.path().join(changed);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_ne!(digest(&tight), reference, "{changed}");
+        assert_eq!(digest(&tight), digest(&one_thread), "{changed}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    assert_eq!(digest(&tight), reference);
+}
+
 /// Issue 16, from an attack on the pool: a file in flight that replaces a
 /// symlink must land before a later entry goes through that symlink (the
 /// entry then meets a file, not the symlink's target), directly or through
