@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode as FsMode, XattrFlags};
@@ -54,6 +55,9 @@ pub(crate) struct Writer<'o> {
     /// the symlink. Kept by [`crate::tree::key`], not as paths: a layer may
     /// hold millions.
     touched: HashSet<[u8; 16]>,
+    /// The directory of the last path touched, spelled plain: it and every
+    /// directory above it are in `touched`.
+    touched_dir: Option<Vec<u8>>,
     /// The target's own path, to make descriptor paths relative to it.
     root_path: Option<PathBuf>,
     /// Apply mode: the last lexical parent and where it resolved.
@@ -151,6 +155,7 @@ impl<'o> Writer<'o> {
             root,
             opts,
             touched: HashSet::new(),
+            touched_dir: None,
             parent_cache: None,
             whiteouts: BTreeSet::new(),
             opaque: Vec::new(),
@@ -263,6 +268,13 @@ impl<'o> Writer<'o> {
         if !self.touched.insert(crate::tree::key(path)) {
             return false;
         }
+        // Consecutive entries of one directory: it is recorded already.
+        let bytes = path.as_os_str().as_bytes();
+        let plain_parent = crate::tree::is_plain(bytes)
+            .then(|| &bytes[..bytes.iter().rposition(|b| *b == b'/').unwrap_or(0)]);
+        if plain_parent.is_some() && plain_parent == self.touched_dir.as_deref() {
+            return true;
+        }
         let mut p = path.parent();
         while let Some(q) = p {
             if !self.touched.insert(crate::tree::key(q)) {
@@ -270,6 +282,7 @@ impl<'o> Writer<'o> {
             }
             p = q.parent();
         }
+        self.touched_dir = plain_parent.map(<[u8]>::to_vec);
         true
     }
 

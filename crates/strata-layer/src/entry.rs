@@ -319,11 +319,15 @@ impl<R: Read> EntrySource for TarSource<R> {
                 entry.size = layout.chunks.iter().map(|(_, len)| len).sum();
                 entry.sparse = Some(layout);
             }
-            match names::classify(&names::clean(&entry.name)?, &entry.label())? {
-                Name::AufsMeta => continue,
-                Name::Whiteout(_) => entry.kind = Kind::Whiteout,
-                Name::Opaque(_) => entry.kind = Kind::Opaque,
-                Name::Plain => {}
+            // Only a name with `.wh.` in it can be a whiteout or a marker
+            // (the consumer cleans every name again, and refuses a bad one).
+            if names::may_be_whiteout(&entry.name) {
+                match names::classify(&names::clean(&entry.name)?, &entry.label())? {
+                    Name::AufsMeta => continue,
+                    Name::Whiteout(_) => entry.kind = Kind::Whiteout,
+                    Name::Opaque(_) => entry.kind = Kind::Opaque,
+                    Name::Plain => {}
+                }
             }
             let (start, size) = (tar_entry.raw_file_position(), tar_entry.size());
             f(&entry, &mut tar_entry)?;

@@ -4,9 +4,11 @@
 //! The tar is read in order on the layer's thread. A small file's data is
 //! read into memory there and handed to the writer pool, which creates and
 //! fills it ([`FileRules::write`]) while the layer's thread goes on to the
-//! next entry. The pool is one per process, a thread per core, shared by
-//! every layer being written at once, so both cores stay busy whatever the
-//! image's shape: one layer of 200 000 files as much as seven big ones.
+//! next entry. The pool is one per process, a thread per core but one
+//! (the layer's thread writes too when the pool has enough in flight),
+//! shared by every layer being written at once, so every core stays busy
+//! whatever the image's shape: one layer of 200 000 files as much as seven
+//! big ones.
 //!
 //! Order is kept by the layer's thread: before an entry that could touch a
 //! file in flight (the same path, a path below one, a directory above one,

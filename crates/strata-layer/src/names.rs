@@ -55,6 +55,14 @@ pub(crate) enum Name {
     AufsMeta,
 }
 
+/// Whether a raw name could be classified as anything but plain: only one
+/// with [`WHITEOUT_PREFIX`] in it (a quick test for every entry; the
+/// classification is [`classify`]'s).
+pub(crate) fn may_be_whiteout(name: &[u8]) -> bool {
+    name.windows(WHITEOUT_PREFIX.len())
+        .any(|w| w == WHITEOUT_PREFIX.as_bytes())
+}
+
 /// Classifies a cleaned path by its last component, whatever the tar type.
 /// Names are bytes: a whiteout of a name that is not UTF-8 is a whiteout.
 pub(crate) fn classify(path: &Path, entry: &str) -> Result<Name> {
@@ -129,6 +137,16 @@ mod tests {
             Name::Whiteout("a/b.wh.c".into())
         );
         assert_eq!(k("a/x.wh.b").unwrap(), Name::Plain);
+        // The quick test lets every form through, and only names with the
+        // prefix somewhere.
+        for form in ["a/.wh.b", ".wh..wh..opq", "/a/./.wh.b/", "a/.wh..wh.aufs"] {
+            assert!(may_be_whiteout(form.as_bytes()), "{form}");
+            assert_ne!(k(form).unwrap(), Name::Plain, "{form}");
+        }
+        for plain in ["a/b", "a/.whb", "a/wh.b", "./a/b/", ".w/h."] {
+            assert!(!may_be_whiteout(plain.as_bytes()), "{plain}");
+            assert_eq!(k(plain).unwrap(), Name::Plain, "{plain}");
+        }
         let latin1 = clean(b"d/.wh.caf\xe9").unwrap();
         assert_eq!(
             classify(&latin1, "d/.wh.caf\u{fffd}").unwrap(),

@@ -77,7 +77,7 @@ fn truncated(hash: &blake3::Hash) -> [u8; 16] {
 
 /// Whether `path` is spelled as its components joined by `/` (no empty or
 /// `.` part past the first, no trailing `/`), so its bytes are its key's.
-fn is_plain(path: &[u8]) -> bool {
+pub(crate) fn is_plain(path: &[u8]) -> bool {
     !(path.len() > 1 && path.ends_with(b"/")
         || path.ends_with(b"/.")
         || path.windows(2).any(|w| w == b"//")
