@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use rustix::fs as rfs;
 
 use super::lookup::Lister;
-use super::{Limits, Out, WrittenFiles, named, put_count, put_node, walk};
+use super::{Limits, Out, WrittenFiles, named, put_count, walk};
 use crate::sys;
 
 /// Adds the names of the tree's root `top` (its own part added by the
@@ -155,16 +155,8 @@ impl<'a> Shared<'a> {
             if state.stop {
                 return;
             }
-            let next = if state.ahead < self.limits.max_ahead_bytes {
-                take_top(&mut state)
-            } else {
-                None
-            };
-            let Some((id, waiting)) = next else {
-                state = self
-                    .work
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some((id, waiting)) = self.next_ahead(&mut state) else {
+                state = wait(&self.work, state);
                 continue;
             };
             drop(state);
@@ -173,23 +165,38 @@ impl<'a> Shared<'a> {
             }));
             state = self.lock();
             match listed {
-                Ok(listed) => {
-                    state.ahead += listed.as_ref().map_or(0, Listing::held);
-                    state.listed.insert(id, listed);
-                    self.listed.notify_all();
-                }
+                Ok(listed) => self.keep(&mut state, id, listed),
                 Err(panic) => {
                     // The hashing thread is told; the scope passes the
                     // panic on.
-                    state
-                        .listed
-                        .insert(id, Err(io::Error::other("a tree digest thread panicked")));
-                    self.listed.notify_all();
+                    let error = io::Error::other("a tree digest thread panicked");
+                    self.keep(&mut state, id, Err(error));
                     drop(state);
                     std::panic::resume_unwind(panic);
                 }
             }
         }
+    }
+
+    /// The top subdirectory still waiting, if the listings ahead leave room
+    /// for one more.
+    fn next_ahead(&self, state: &mut State<'a>) -> Option<(u64, Waiting)> {
+        if state.ahead >= self.limits.max_ahead_bytes {
+            return None;
+        }
+        while let Some(id) = state.stack.pop() {
+            if let Some(waiting) = state.waiting.remove(&id) {
+                return Some((id, waiting));
+            }
+        }
+        None
+    }
+
+    /// Keeps a listing made ahead until the hashing takes it.
+    fn keep(&self, state: &mut State<'a>, id: u64, listed: io::Result<Listing<'a>>) {
+        state.ahead += listed.as_ref().map_or(0, Listing::held);
+        state.listed.insert(id, listed);
+        self.listed.notify_all();
     }
 
     /// Ends the walk: helpers stop.
@@ -209,7 +216,7 @@ impl<'a> Shared<'a> {
     /// Lists directory `fd` (at `rel`, `depth` below the root): its names'
     /// parts, its subdirectories stacked.
     fn list(&self, fd: OwnedFd, rel: PathBuf, depth: usize) -> io::Result<Listing<'a>> {
-        let mut lister = Lister::new(&fd, &rel, self.limits.lookups_on_pool)?;
+        let mut lister = Lister::new(&fd, &rel, self.known, self.limits.lookups_on_pool)?;
         if lister.len() > self.limits.max_names {
             return Ok(Listing::Big {
                 fd,
@@ -221,21 +228,8 @@ impl<'a> Shared<'a> {
         let (fd, rel) = (Arc::new(fd), Arc::new(rel));
         let (mut bytes, mut subdirs, mut stacked) = (Vec::new(), Vec::new(), Vec::new());
         put_count(&mut bytes, lister.len());
-        let mut buffer = Vec::new();
-        while let Some((name, looked)) = lister.next(&fd, &rel, self.known) {
-            let path = rel.join(&name);
-            let Some(child) = put_node(
-                &mut bytes,
-                &fd,
-                &path,
-                &name,
-                looked,
-                self.known,
-                &mut buffer,
-            )?
-            else {
-                continue;
-            };
+        while let Some((name, path, subdir)) = lister.put_next(&fd, &rel, &mut bytes)? {
+            let Some(child) = subdir else { continue };
             let st = rfs::fstat(&child).map_err(|e| named(&path, e.into()))?;
             let id = (st.st_dev, st.st_ino);
             let subdir = if depth < self.limits.max_depth {
@@ -297,23 +291,14 @@ impl<'a> Shared<'a> {
                 drop(state);
                 return self.list_waiting(waiting);
             }
-            let next = if state.ahead < self.limits.max_ahead_bytes {
-                take_top(&mut state)
-            } else {
-                None
-            };
-            let Some((other, waiting)) = next else {
-                state = self
-                    .listed
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some((other, waiting)) = self.next_ahead(&mut state) else {
+                state = wait(&self.listed, state);
                 continue;
             };
             drop(state);
             let listed = self.list_waiting(waiting);
             state = self.lock();
-            state.ahead += listed.as_ref().map_or(0, Listing::held);
-            state.listed.insert(other, listed);
+            self.keep(&mut state, other, listed);
         }
     }
 
@@ -353,20 +338,9 @@ impl<'a> Shared<'a> {
                 mut lister,
             } => {
                 put_count(&mut out.buf, lister.len());
-                let mut buffer = Vec::new();
-                while let Some((name, looked)) = lister.next(&fd, &rel, self.known) {
-                    let path = rel.join(&name);
-                    let child = put_node(
-                        &mut out.buf,
-                        &fd,
-                        &path,
-                        &name,
-                        looked,
-                        self.known,
-                        &mut buffer,
-                    )?;
+                while let Some((_, path, subdir)) = lister.put_next(&fd, &rel, &mut out.buf)? {
                     out.flush_if_full();
-                    let Some(child) = child else { continue };
+                    let Some(child) = subdir else { continue };
                     if depth < self.limits.max_depth {
                         let listing = self.list(child, path, depth + 1)?;
                         self.consume(listing, out)?;
@@ -380,14 +354,11 @@ impl<'a> Shared<'a> {
     }
 }
 
-/// The top of the stack that is still waiting.
-fn take_top(state: &mut State<'_>) -> Option<(u64, Waiting)> {
-    while let Some(id) = state.stack.pop() {
-        if let Some(waiting) = state.waiting.remove(&id) {
-            return Some((id, waiting));
-        }
-    }
-    None
+/// Waits on `condvar` with the state's lock.
+fn wait<'g, 'a>(condvar: &Condvar, state: MutexGuard<'g, State<'a>>) -> MutexGuard<'g, State<'a>> {
+    condvar
+        .wait(state)
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Subdirectory `name` of `parent`, opened without following a symlink

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{self as rfs, AtFlags, FileType};
@@ -87,6 +87,7 @@ fn look_all<'k>(
 /// up. A name listed as a regular file with the inode number of a file the
 /// writer wrote there is that file: what the writer knows is used.
 pub(crate) struct Lister<'k> {
+    known: &'k WrittenFiles,
     names: Vec<sys::Listed>,
     next: usize,
     ahead: VecDeque<io::Result<Looked<'k>>>,
@@ -94,11 +95,18 @@ pub(crate) struct Lister<'k> {
 }
 
 impl<'k> Lister<'k> {
-    /// Lists `dir` (at `rel`, for messages).
-    pub(crate) fn new(dir: &OwnedFd, rel: &Path, on_pool: bool) -> io::Result<Self> {
+    /// Lists `dir` (at `rel`, for messages); `known` is what the writer
+    /// knows of its files.
+    pub(crate) fn new(
+        dir: &OwnedFd,
+        rel: &Path,
+        known: &'k WrittenFiles,
+        on_pool: bool,
+    ) -> io::Result<Self> {
         let mut names = sys::list_dir_typed(dir).map_err(|e| super::named(rel, e))?;
         names.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Self {
+            known,
             names,
             next: 0,
             ahead: VecDeque::new(),
@@ -111,18 +119,30 @@ impl<'k> Lister<'k> {
         self.names.len()
     }
 
-    /// The next name and its metadata. `dir` is the directory listed, at
-    /// `rel`.
-    pub(crate) fn next(
+    /// Adds the next name's part to `out`; returns its name, its path and,
+    /// for a directory, the directory opened (its names not yet added).
+    /// `dir` is the directory listed, at `rel`.
+    pub(crate) fn put_next(
         &mut self,
         dir: &OwnedFd,
         rel: &Path,
-        known: &'k WrittenFiles,
-    ) -> Option<(OsString, io::Result<Looked<'k>>)> {
+        out: &mut Vec<u8>,
+    ) -> io::Result<Option<(OsString, PathBuf, Option<OwnedFd>)>> {
+        let Some((name, looked)) = self.next(dir, rel) else {
+            return Ok(None);
+        };
+        let path = rel.join(&name);
+        let subdir = super::put_node(out, dir, &path, &name, looked, self.known)?;
+        Ok(Some((name, path, subdir)))
+    }
+
+    /// The next name and its metadata.
+    fn next(&mut self, dir: &OwnedFd, rel: &Path) -> Option<(OsString, io::Result<Looked<'k>>)> {
         if self.next == self.names.len() {
             return None;
         }
         if self.ahead.is_empty() {
+            let known = self.known;
             let batch = &self.names[self.next..self.names.len().min(self.next + AHEAD)];
             let written: Vec<Option<&WrittenFile>> = batch
                 .iter()

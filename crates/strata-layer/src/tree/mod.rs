@@ -347,14 +347,13 @@ pub(crate) fn put_count(out: &mut Vec<u8>, names: usize) {
 /// Adds the part of `name` (at `path`) in directory `dir`, from what was
 /// looked up of it; a directory is opened (its xattrs are read from the
 /// descriptor it is entered by) and returned, its names not yet added.
-pub(crate) fn put_node(
+fn put_node(
     out: &mut Vec<u8>,
     dir: &OwnedFd,
     path: &Path,
     name: &OsStr,
     looked: io::Result<lookup::Looked<'_>>,
     known: &WrittenFiles,
-    buffer: &mut Vec<u8>,
 ) -> io::Result<Option<OwnedFd>> {
     let (st, xattrs) = match looked.map_err(|e| named(path, e))? {
         lookup::Looked::Written(file) => {
@@ -384,11 +383,8 @@ pub(crate) fn put_node(
                 Some(hash) => hash,
                 None if size == 0 => *blake3::hash(b"").as_bytes(),
                 None => {
-                    if buffer.is_empty() {
-                        buffer.resize(256 << 10, 0);
-                    }
                     let file = sys::open_nofollow(dir, name, false).map_err(|e| named(path, e))?;
-                    hash_reader(&mut File::from(file), buffer).map_err(|e| named(path, e))?
+                    hash_file(&mut File::from(file)).map_err(|e| named(path, e))?
                 }
             };
             put_part(out, path, &meta, &xattrs, &[&size.to_le_bytes(), &hash]);
@@ -404,18 +400,27 @@ pub(crate) fn put_node(
     Ok(None)
 }
 
-fn hash_reader(file: &mut File, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
-    let mut hasher = blake3::Hasher::new();
-    loop {
-        match file.read(buffer) {
-            Ok(0) => return Ok(*hasher.finalize().as_bytes()),
-            Ok(n) => {
-                hasher.update(&buffer[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// The blake3 of a file's content, read through one buffer per thread.
+fn hash_file(file: &mut File) -> io::Result<[u8; 32]> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    BUFFER.with_borrow_mut(|buffer| {
+        if buffer.is_empty() {
+            buffer.resize(256 << 10, 0);
+        }
+        let mut hasher = blake3::Hasher::new();
+        loop {
+            match file.read(buffer) {
+                Ok(0) => return Ok(*hasher.finalize().as_bytes()),
+                Ok(n) => {
+                    hasher.update(&buffer[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
 }
 
 #[cfg(test)]

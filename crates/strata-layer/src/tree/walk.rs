@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use rustix::fs as rfs;
 
 use super::lookup::Lister;
-use super::{Limits, Out, WrittenFiles, named, put_count, put_node};
+use super::{Limits, Out, WrittenFiles, named, put_count};
 use crate::sys;
 
 /// One directory being read: its path, its names, and its parent's
@@ -35,9 +35,8 @@ pub(crate) fn walk(
     limits: &Limits,
     out: &mut Out,
 ) -> io::Result<()> {
-    let mut buffer = Vec::new();
     let mut fd = top;
-    let lister = Lister::new(&fd, &rel, limits.lookups_on_pool)?;
+    let lister = Lister::new(&fd, &rel, known, limits.lookups_on_pool)?;
     put_count(&mut out.buf, lister.len());
     let mut levels = vec![Level {
         rel,
@@ -45,7 +44,7 @@ pub(crate) fn walk(
         parent: None,
     }];
     while let Some(level) = levels.last_mut() {
-        let Some((name, looked)) = level.lister.next(&fd, &level.rel, known) else {
+        let Some((_, path, subdir)) = level.lister.put_next(&fd, &level.rel, &mut out.buf)? else {
             let done = levels.pop().expect("a level");
             let Some(parent) = done.parent else { break };
             let rel = levels.last().map_or(PathBuf::new(), |l| l.rel.clone());
@@ -59,14 +58,12 @@ pub(crate) fn walk(
             }
             continue;
         };
-        let path = level.rel.join(&name);
-        let child = put_node(&mut out.buf, &fd, &path, &name, looked, known, &mut buffer)?;
         out.flush_if_full();
-        if let Some(child) = child {
+        if let Some(child) = subdir {
             let here =
                 rfs::fstat(&fd).map_err(|e| named(path.parent().unwrap_or(&path), e.into()))?;
             fd = child;
-            let lister = Lister::new(&fd, &path, limits.lookups_on_pool)?;
+            let lister = Lister::new(&fd, &path, known, limits.lookups_on_pool)?;
             put_count(&mut out.buf, lister.len());
             levels.push(Level {
                 rel: path,
