@@ -1,5 +1,7 @@
 //! Running out of disk in the middle of a pull: a clear error, a store with
-//! no partial layer, and a pull that succeeds once space is freed.
+//! no partial layer, and a pull that succeeds once space is freed. And a
+//! tree that would take descriptors by the thousand: pull and fsck stay
+//! within a low descriptor limit.
 
 use std::process::Command;
 
@@ -125,4 +127,40 @@ fn privileged_a_full_disk_mid_pull_fails_clearly_and_leaves_the_store_clean() {
         12 << 20
     );
     drop(fs);
+}
+
+/// Found by an attack on the tree digest's walk over both cores: a
+/// directory with subdirectories too deep to list ahead kept its
+/// descriptor until hashed, and the walk listed thousands of those ahead,
+/// so a pull or an fsck (which then called the intact layer damaged) ran
+/// out of descriptors. 400 such directories, under a limit of 128.
+#[test]
+fn privileged_a_tree_of_many_deep_directories_pulls_and_checks_within_128_descriptors() {
+    let env = crate::util::store_env::Env::new();
+    let chain = "a/".repeat(31);
+    let names: Vec<String> = (0..400).map(|i| format!("{chain}d{i:03}/s/f")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    let layout = env.path("layout");
+    write_layout(&layout, "t", &[tar_of(&entries)], &["/bin/sh"]);
+    let image = format!("oci:{}:t", layout.display());
+    crate::util::require_tool("prlimit", "util-linux");
+    let limited = |args: &[&str]| {
+        let strata = env.strata();
+        let mut cmd = Command::new("prlimit");
+        cmd.arg("--nofile=128:128")
+            .arg(strata.get_program())
+            .args(strata.get_args())
+            .args(args);
+        for (key, value) in strata.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd
+    };
+    run_ok(&mut limited(&["pull", &image]));
+    let out = run_ok(&mut limited(&["--json", "fsck"]));
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
 }

@@ -67,10 +67,16 @@ pub(crate) struct Fanout {
     delay: std::time::Duration,
     state: Arc<State>,
     /// Where the files in flight land, and every directory above them, by
-    /// [`path_keys`]: two paths that share a key only make an entry wait
-    /// for nothing.
+    /// [`path_keys`] under this layer's random key: two paths that share a
+    /// key only make an entry wait for nothing (every directory above a
+    /// file is recorded, whatever is recorded already, so a shared key
+    /// never hides one).
     files: HashSet<u64>,
     dirs: HashSet<u64>,
+    keys: std::hash::RandomState,
+    /// The directory of the last file submitted, as spelled: its
+    /// directories are recorded (until the next wait forgets them).
+    last_dir: Option<Vec<u8>>,
     /// Files submitted but not yet handed to the pool (fewer than [`BATCH`]).
     pending: Batch,
 }
@@ -138,12 +144,17 @@ struct Queued {
 }
 
 /// The keys of `path` and of each of its ancestors up to the root, deepest
-/// first: a hash of its parts (empty and `.` parts skipped, so `d/` and
-/// `d/./x` are `d` and `d/x`), each prefix's from one pass over the bytes.
-pub(crate) fn path_keys(path: &Path) -> impl Iterator<Item = u64> {
+/// first: a keyed hash (SipHash, `keys`' random key: a layer cannot choose
+/// names that share one) of its parts (empty and `.` parts skipped, so `d/`
+/// and `d/./x` are `d` and `d/x`), each prefix's from one pass over the
+/// bytes.
+pub(crate) fn path_keys<K: std::hash::BuildHasher<Hasher: Clone>>(
+    path: &Path,
+    keys: &K,
+) -> impl Iterator<Item = u64> + use<K> {
     use std::hash::Hasher as _;
-    let mut hasher = rustc_hash::FxHasher::default();
-    let mut keys: smallvec::SmallVec<[u64; 16]> = smallvec::smallvec![hasher.finish()];
+    let mut hasher = keys.build_hasher();
+    let mut keys: smallvec::SmallVec<[u64; 16]> = smallvec::smallvec![hasher.clone().finish()];
     for part in path.as_os_str().as_bytes().split(|b| *b == b'/') {
         if part.is_empty() || part == b"." {
             continue;
@@ -152,7 +163,7 @@ pub(crate) fn path_keys(path: &Path) -> impl Iterator<Item = u64> {
             hasher.write_u8(b'/');
         }
         hasher.write(part);
-        keys.push(hasher.finish());
+        keys.push(hasher.clone().finish());
     }
     keys.into_iter().rev()
 }
@@ -167,6 +178,8 @@ impl Fanout {
             state: Arc::default(),
             files: HashSet::new(),
             dirs: HashSet::new(),
+            keys: std::hash::RandomState::new(),
+            last_dir: None,
             pending: Batch::default(),
         }
     }
@@ -182,7 +195,7 @@ impl Fanout {
         if !self.in_flight() {
             return false;
         }
-        let mut keys = path_keys(resolved);
+        let mut keys = path_keys(resolved, &self.keys);
         let own = keys.next().expect("a path has its own key");
         self.dirs.contains(&own)
             || self.files.contains(&own)
@@ -249,13 +262,14 @@ impl Fanout {
             progress.files += 1;
             progress.bytes += data_range.len();
         }
-        let mut keys = path_keys(job.resolved);
+        let mut keys = path_keys(job.resolved, &self.keys);
         self.files
             .insert(keys.next().expect("a path has its own key"));
-        for dir in keys {
-            if !self.dirs.insert(dir) {
-                break;
-            }
+        let bytes = job.resolved.as_os_str().as_bytes();
+        let dir = &bytes[..bytes.iter().rposition(|b| *b == b'/').unwrap_or(0)];
+        if self.last_dir.as_deref() != Some(dir) {
+            self.dirs.extend(keys);
+            self.last_dir = Some(dir.to_vec());
         }
         batch.files.push(Queued {
             parent: Arc::clone(job.parent),
@@ -331,6 +345,7 @@ impl Fanout {
         let waited = !self.files.is_empty();
         self.files.clear();
         self.dirs.clear();
+        self.last_dir = None;
         let mut progress = self.state.progress.lock().expect("fanout lock");
         while progress.files > 0 {
             progress = self.state.done.wait(progress).expect("fanout lock");
@@ -408,7 +423,8 @@ mod tests {
     /// resolved through the kernel) and a file in flight below `d`.
     #[test]
     fn a_paths_keys_are_its_ancestors_whatever_the_spelling() {
-        let keys = |p: &str| path_keys(Path::new(p)).collect::<Vec<_>>();
+        let state = std::hash::RandomState::new();
+        let keys = |p: &str| path_keys(Path::new(p), &state).collect::<Vec<_>>();
         let abc = keys("a/b/c");
         assert_eq!(abc.len(), 4, "a/b/c, a/b, a and the root");
         assert_eq!(abc[1..], keys("a/b")[..]);

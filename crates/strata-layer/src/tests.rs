@@ -1535,6 +1535,7 @@ fn the_tree_digest_over_both_cores_equals_one_thread_walking() {
         max_depth: 3,
         max_names: 100,
         max_ahead_bytes: 300,
+        max_fds_ahead: 1,
         ..crate::tree::Limits::default()
     };
     let digest = |limits: &crate::tree::Limits| {

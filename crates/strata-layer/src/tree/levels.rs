@@ -12,7 +12,10 @@
 //! a time (the tests check that both agree).
 //!
 //! Bounded whatever the tree: helpers stop [`Limits::max_ahead_bytes`]
-//! ahead of the hashing; a directory waiting on the stack holds
+//! ahead of the hashing, or when the listings ahead hold
+//! [`Limits::max_fds_ahead`] descriptors (a directory with subdirectories
+//! too deep to list ahead, or too many names, keeps its own until its turn:
+//! a tree of thousands of those would have held one each); a directory waiting on the stack holds
 //! its name, not a descriptor (it is opened again from its parent's, and
 //! checked to be the directory its part was taken from); a directory of
 //! more than [`Limits::max_names`] names is read in batches when its turn
@@ -50,6 +53,7 @@ pub(crate) fn walk(
             listed: HashMap::new(),
             next_id: 0,
             ahead: 0,
+            fds_ahead: 0,
             stop: false,
         }),
         work: Condvar::new(),
@@ -85,9 +89,10 @@ struct State<'a> {
     waiting: HashMap<u64, Waiting>,
     listed: HashMap<u64, io::Result<Listing<'a>>>,
     next_id: u64,
-    /// Bytes of the directories a helper listed that the hashing has not
-    /// taken yet.
+    /// Bytes and descriptors held by the directories listed ahead that the
+    /// hashing has not taken yet.
     ahead: usize,
+    fds_ahead: usize,
     stop: bool,
 }
 
@@ -117,6 +122,14 @@ impl Listing<'_> {
         match self {
             Self::Parts { bytes, .. } => bytes.len(),
             Self::Big { lister, .. } => lister.len() * 64,
+        }
+    }
+
+    /// How many descriptors the listing keeps open.
+    fn fds(&self) -> usize {
+        match self {
+            Self::Parts { fd, .. } => usize::from(fd.is_some()),
+            Self::Big { .. } => 1,
         }
     }
 }
@@ -181,7 +194,9 @@ impl<'a> Shared<'a> {
     /// The top subdirectory still waiting, if the listings ahead leave room
     /// for one more.
     fn next_ahead(&self, state: &mut State<'a>) -> Option<(u64, Waiting)> {
-        if state.ahead >= self.limits.max_ahead_bytes {
+        if state.ahead >= self.limits.max_ahead_bytes
+            || state.fds_ahead >= self.limits.max_fds_ahead
+        {
             return None;
         }
         while let Some(id) = state.stack.pop() {
@@ -195,6 +210,7 @@ impl<'a> Shared<'a> {
     /// Keeps a listing made ahead until the hashing takes it.
     fn keep(&self, state: &mut State<'a>, id: u64, listed: io::Result<Listing<'a>>) {
         state.ahead += listed.as_ref().map_or(0, Listing::held);
+        state.fds_ahead += listed.as_ref().map_or(0, Listing::fds);
         state.listed.insert(id, listed);
         self.listed.notify_all();
     }
@@ -283,6 +299,7 @@ impl<'a> Shared<'a> {
         loop {
             if let Some(listed) = state.listed.remove(&id) {
                 state.ahead -= listed.as_ref().map_or(0, Listing::held);
+                state.fds_ahead -= listed.as_ref().map_or(0, Listing::fds);
                 drop(state);
                 self.work.notify_all();
                 return listed;

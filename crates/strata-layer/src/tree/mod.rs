@@ -201,6 +201,8 @@ pub(crate) struct Limits {
     pub(crate) max_names: usize,
     /// Bytes of parts listed ahead of the hashing, at most.
     pub(crate) max_ahead_bytes: usize,
+    /// Descriptors the directories listed ahead keep open, at most.
+    pub(crate) max_fds_ahead: usize,
 }
 
 impl Default for Limits {
@@ -215,6 +217,7 @@ impl Default for Limits {
             max_depth: 32,
             max_names: 4096,
             max_ahead_bytes: 32 << 20,
+            max_fds_ahead: 32,
         }
     }
 }
