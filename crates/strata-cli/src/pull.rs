@@ -198,8 +198,9 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
     })
 }
 
-/// Runs the missing layers through download → verify → extract, `--jobs` at a time.
-/// Returns the results in layer order; on failure, the first error by layer.
+/// Runs the missing layers through download → verify → extract, `--jobs` at a
+/// time, the biggest first. Returns the results in layer order; on failure,
+/// the first error by layer.
 fn extract_all(
     ctx: &Context,
     store: &Store,
@@ -215,12 +216,15 @@ fn extract_all(
         ..ctx.layer_options(strata_layer::Mode::Overlay)
     };
     let workers = ctx.jobs().min(locks.len());
+    // The biggest layers first: a pull lasts at least as long as its
+    // biggest layer, which should not wait for a worker behind small ones.
+    let mut order: Vec<usize> = (0..locks.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(layers[locks[k].0].descriptor.size()));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((i, lock)) = locks.get(k) else { break };
+                while let Some(&k) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let (i, lock) = &locks[k];
                     let result = extract_one(ctx, store, source, &layers[*i], *i, lock, &options);
                     *slots[k].lock().expect("slot lock") = Some(result);
                 }
