@@ -31,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rustix::fs as rfs;
 
-use super::lookup::Lister;
+use super::lookup::{Lister, Put};
 use super::{Limits, Out, WrittenFiles, named, put_count, walk};
 use crate::sys;
 
@@ -110,7 +110,6 @@ enum Listing<'k> {
     /// Too many names to hold: read in batches when its turn comes.
     Big {
         fd: OwnedFd,
-        rel: PathBuf,
         depth: usize,
         lister: Lister<'k>,
     },
@@ -234,18 +233,20 @@ impl<'a> Shared<'a> {
     fn list(&self, fd: OwnedFd, rel: PathBuf, depth: usize) -> io::Result<Listing<'a>> {
         let mut lister = Lister::new(&fd, &rel, self.known, self.limits.lookups_on_pool)?;
         if lister.len() > self.limits.max_names {
-            return Ok(Listing::Big {
-                fd,
-                rel,
-                depth,
-                lister,
-            });
+            return Ok(Listing::Big { fd, depth, lister });
         }
         let (fd, rel) = (Arc::new(fd), Arc::new(rel));
         let (mut bytes, mut subdirs, mut stacked) = (Vec::new(), Vec::new(), Vec::new());
         put_count(&mut bytes, lister.len());
-        while let Some((name, path, subdir)) = lister.put_next(&fd, &rel, &mut bytes)? {
-            let Some(child) = subdir else { continue };
+        while let Some(put) = lister.put_next(&fd, &mut bytes)? {
+            let Put::Dir {
+                name,
+                path,
+                fd: child,
+            } = put
+            else {
+                continue;
+            };
             let st = rfs::fstat(&child).map_err(|e| named(&path, e.into()))?;
             let id = (st.st_dev, st.st_ino);
             let subdir = if depth < self.limits.max_depth {
@@ -350,14 +351,18 @@ impl<'a> Shared<'a> {
             }
             Listing::Big {
                 fd,
-                rel,
                 depth,
                 mut lister,
             } => {
                 put_count(&mut out.buf, lister.len());
-                while let Some((_, path, subdir)) = lister.put_next(&fd, &rel, &mut out.buf)? {
+                while let Some(put) = lister.put_next(&fd, &mut out.buf)? {
                     out.flush_if_full();
-                    let Some(child) = subdir else { continue };
+                    let Put::Dir {
+                        path, fd: child, ..
+                    } = put
+                    else {
+                        continue;
+                    };
                     if depth < self.limits.max_depth {
                         let listing = self.list(child, path, depth + 1)?;
                         self.consume(listing, out)?;

@@ -14,6 +14,18 @@ use rustix::fs::{self as rfs, AtFlags, FileType};
 use super::{WrittenFile, WrittenFiles};
 use crate::sys;
 
+/// What [`Lister::put_next`] added.
+pub(crate) enum Put {
+    /// A node other than a directory: its part is all of it.
+    Node,
+    /// A directory, opened: its names come next.
+    Dir {
+        name: OsString,
+        path: PathBuf,
+        fd: OwnedFd,
+    },
+}
+
 /// A name's metadata, looked up ahead.
 pub(crate) enum Looked<'k> {
     /// Its stat and, for anything but a directory (whose xattrs are read
@@ -88,10 +100,14 @@ fn look_all<'k>(
 /// writer wrote there is that file: what the writer knows is used.
 pub(crate) struct Lister<'k> {
     known: &'k WrittenFiles,
+    /// The directory's path, then the path of the name being read.
+    path: PathBuf,
     names: Vec<sys::Listed>,
     next: usize,
     ahead: VecDeque<io::Result<Looked<'k>>>,
     on_pool: bool,
+    /// Where in the writer's records the next name's is likely to be.
+    hint: usize,
 }
 
 impl<'k> Lister<'k> {
@@ -107,10 +123,12 @@ impl<'k> Lister<'k> {
         names.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Self {
             known,
+            path: rel.to_owned(),
             names,
             next: 0,
             ahead: VecDeque::new(),
             on_pool,
+            hint: 0,
         })
     }
 
@@ -119,30 +137,33 @@ impl<'k> Lister<'k> {
         self.names.len()
     }
 
-    /// Adds the next name's part to `out`; returns its name, its path and,
-    /// for a directory, the directory opened (its names not yet added).
-    /// `dir` is the directory listed, at `rel`.
-    pub(crate) fn put_next(
-        &mut self,
-        dir: &OwnedFd,
-        rel: &Path,
-        out: &mut Vec<u8>,
-    ) -> io::Result<Option<(OsString, PathBuf, Option<OwnedFd>)>> {
-        let Some((name, looked)) = self.next(dir, rel) else {
+    /// Adds the next name's part to `out` (`dir` is the directory listed);
+    /// `None` past the last name.
+    pub(crate) fn put_next(&mut self, dir: &OwnedFd, out: &mut Vec<u8>) -> io::Result<Option<Put>> {
+        let Some((name, looked)) = self.next(dir) else {
             return Ok(None);
         };
-        let path = rel.join(&name);
-        let subdir = super::put_node(out, dir, &path, &name, looked, self.known)?;
-        Ok(Some((name, path, subdir)))
+        self.path.push(&name);
+        let put = match super::put_node(out, dir, &self.path, &name, looked, self.known) {
+            Ok(None) => Ok(Put::Node),
+            Ok(Some(fd)) => Ok(Put::Dir {
+                path: self.path.clone(),
+                name,
+                fd,
+            }),
+            Err(e) => Err(e),
+        };
+        self.path.pop();
+        put.map(Some)
     }
 
     /// The next name and its metadata.
-    fn next(&mut self, dir: &OwnedFd, rel: &Path) -> Option<(OsString, io::Result<Looked<'k>>)> {
+    fn next(&mut self, dir: &OwnedFd) -> Option<(OsString, io::Result<Looked<'k>>)> {
         if self.next == self.names.len() {
             return None;
         }
         if self.ahead.is_empty() {
-            let known = self.known;
+            let (known, hint) = (self.known, &mut self.hint);
             let batch = &self.names[self.next..self.names.len().min(self.next + AHEAD)];
             let written: Vec<Option<&WrittenFile>> = batch
                 .iter()
@@ -151,7 +172,7 @@ impl<'k> Lister<'k> {
                         return None;
                     }
                     known
-                        .get_child(rel, &listed.name)
+                        .get_child(&self.path, &listed.name, hint)
                         .filter(|file| file.node.ino == listed.ino)
                 })
                 .collect();

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use rustix::fs as rfs;
 
-use super::lookup::Lister;
+use super::lookup::{Lister, Put};
 use super::{Limits, Out, WrittenFiles, named, put_count};
 use crate::sys;
 
@@ -44,7 +44,7 @@ pub(crate) fn walk(
         parent: None,
     }];
     while let Some(level) = levels.last_mut() {
-        let Some((_, path, subdir)) = level.lister.put_next(&fd, &level.rel, &mut out.buf)? else {
+        let Some(put) = level.lister.put_next(&fd, &mut out.buf)? else {
             let done = levels.pop().expect("a level");
             let Some(parent) = done.parent else { break };
             let rel = levels.last().map_or(PathBuf::new(), |l| l.rel.clone());
@@ -59,7 +59,10 @@ pub(crate) fn walk(
             continue;
         };
         out.flush_if_full();
-        if let Some(child) = subdir {
+        if let Put::Dir {
+            path, fd: child, ..
+        } = put
+        {
             let here =
                 rfs::fstat(&fd).map_err(|e| named(path.parent().unwrap_or(&path), e.into()))?;
             fd = child;
