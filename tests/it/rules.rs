@@ -249,6 +249,19 @@ cases! {
         ],
     ];
 
+    /// From fuzzing the writer pool: a directory entry replaced (with
+    /// everything below it), then a directory at its path implied by a later
+    /// entry. The new directory is not the entry's: it takes no metadata of
+    /// it, though the kernel mostly gives it the old inode number (the mode
+    /// came out 0700 or 0755 from run to run).
+    privileged_r16_a_replaced_directory_entry_does_not_mark_the_next_one: Want::Umoci, [
+        [
+            dir("d/c/c/").mode(0o700),
+            file("d/c", b"now a file"),
+            dir("d/c/"),
+            file("d/c/c/x", b"x"),
+        ],
+    ];
     /// Issue 11, 8: a whiteout with nothing below it is dropped (a one-layer
     /// image is a bind mount: no char 0:0 `etc/gone` may show).
     privileged_r11_08_a_bottom_layer_whiteout_hides_nothing: Want::Umoci, [

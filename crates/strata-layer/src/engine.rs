@@ -630,6 +630,7 @@ impl<'o> Writer<'o> {
             if self.opts.mode == Mode::Overlay {
                 self.forget_replaced(path);
             }
+            self.forget_dirs(path);
         }
         if let Some(content) = &mut self.content {
             content.remove(path);
@@ -857,7 +858,13 @@ impl<'o> Writer<'o> {
         // While paths need no resolving, a path the layer never wrote
         // before has no record of an earlier file to drop (every record's
         // path was touched, spelled the same).
-        let new_path = self.touch(&written) && !self.resolves();
+        let fresh = self.touch(&written);
+        if !fresh {
+            // A directory of this layer there goes with what the file
+            // replaces (nothing of the layer is below a path it never wrote).
+            self.forget_dirs(path);
+        }
+        let new_path = fresh && !self.resolves();
         if !new_path && let Some(content) = &mut self.content {
             content.remove(path);
         }
@@ -946,6 +953,20 @@ impl<'o> Writer<'o> {
                 };
                 (rel.to_owned(), mtime)
             });
+    }
+
+    /// Forgets the metadata deferred for directories at and below `path`,
+    /// which an entry replaces: a directory made there later (implied by a
+    /// later entry) is another one, though the kernel may give it the same
+    /// inode number (the inode check alone applied the old entry's mode and
+    /// mtime to it in most runs, not in all: found by a helper's fuzzing).
+    fn forget_dirs(&mut self, path: &Path) {
+        for dir in at_and_below(
+            self.dirs.range::<Path, _>(from(path)).map(|(dir, _)| dir),
+            path,
+        ) {
+            self.dirs.remove(&dir);
+        }
     }
 
     /// Records a directory entry's mode and mtime for the end of the layer,
@@ -1124,14 +1145,23 @@ fn hidden_by_a_non_dir(root: &OwnedFd, dir: &Path) -> bool {
 /// Removes `path` and every path below it from `set`, where a path's
 /// descendants follow it (paths order by component).
 fn remove_tree(set: &mut BTreeSet<PathBuf>, path: &Path) {
-    let below: Vec<PathBuf> = set
-        .range::<Path, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
-        .take_while(|p| p.starts_with(path))
-        .cloned()
-        .collect();
-    for p in below {
+    for p in at_and_below(set.range::<Path, _>(from(path)), path) {
         set.remove(&p);
     }
+}
+
+/// The range of sorted paths from `path` on.
+fn from(path: &Path) -> (std::ops::Bound<&Path>, std::ops::Bound<&Path>) {
+    (std::ops::Bound::Included(path), std::ops::Bound::Unbounded)
+}
+
+/// The paths at and below `path` among `sorted`, which starts at `path`
+/// (in component order they follow it, together).
+fn at_and_below<'p>(sorted: impl Iterator<Item = &'p PathBuf>, path: &Path) -> Vec<PathBuf> {
+    sorted
+        .take_while(|p| p.starts_with(path))
+        .cloned()
+        .collect()
 }
 
 fn libc_enotdir() -> i32 {
