@@ -133,6 +133,7 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             mut summary,
             served_by,
         } = results.next().expect("one result per missing layer");
+        let committing = Instant::now();
         if let Some(host) = served_by {
             served.insert(layers[i].descriptor.digest().to_string(), host);
         }
@@ -172,6 +173,10 @@ pub fn pull(ctx: &Context, store: &Store, image: &ImageRef) -> Result<Pulled> {
             form_notes: crate::layers::form_notes_value(&summary)?,
         })
         .with_context(|| format!("storing layer {i} of {image}"))?;
+        tracing::debug!(
+            "layer {i}: fixed up, digested and committed in {:.3} s",
+            committing.elapsed().as_secs_f64()
+        );
     }
     drop(locks);
     if ctx.store_args.keep_blobs {
@@ -253,6 +258,7 @@ fn extract_one(
 ) -> Result<Extracted> {
     let descriptor = &layer.descriptor;
     let what = format!("layer {index} ({})", descriptor.digest());
+    let started = Instant::now();
     let tmp = store.begin_layer(lock)?;
     let bar = ctx
         .progress
@@ -295,6 +301,11 @@ fn extract_one(
         blob.commit(descriptor.digest().as_ref())?;
     }
     bar.finish();
+    // Where a pull's time goes, for `STRATA_LOG=debug` (BENCHMARKS.md).
+    tracing::debug!(
+        "{what}: fetched and extracted in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     let from = served_by
         .as_ref()
         .map(|h| format!(" (from mirror {h})"))

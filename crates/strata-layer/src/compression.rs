@@ -222,22 +222,37 @@ pub(crate) fn pipeline<R: Read + Send, T>(
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            loop {
+            // Each chunk is filled before it is sent: a chunk that comes
+            // back whole needs no zeroing before the next fill (a
+            // decompressor gives less than a chunk per read, and zeroing
+            // the rest of every chunk was 1.5 % of a pull's CPU).
+            let mut end = false;
+            while !end {
                 let mut chunk = empty_rx.try_recv().unwrap_or_default();
                 chunk.resize(CHUNK, 0);
-                match decompressor.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        if full_tx.send(Ok(chunk)).is_err() {
-                            return; // the consumer stopped (an error there)
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match decompressor.read(&mut chunk[filled..]) {
+                        Ok(0) => {
+                            end = true;
+                            break;
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // What came before the error goes first.
+                            chunk.truncate(filled);
+                            if filled > 0 {
+                                let _ = full_tx.send(Ok(chunk));
+                            }
+                            let _ = full_tx.send(Err(e));
+                            return;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = full_tx.send(Err(e));
-                        return;
-                    }
+                }
+                chunk.truncate(filled);
+                if filled > 0 && full_tx.send(Ok(chunk)).is_err() {
+                    return; // the consumer stopped (an error there)
                 }
             }
             if let Err(e) = decompressor.drain_rest() {
