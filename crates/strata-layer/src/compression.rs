@@ -206,6 +206,21 @@ impl Read for ChannelReader {
     }
 }
 
+/// Reads into `buf` until it is full or `reader` ends. Returns how many
+/// bytes came, and the error that stopped it early (after those bytes).
+pub(crate) fn fill<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
 /// Reads, decompresses and drains the blob on one thread (with the digest
 /// check of the compressed bytes, which happens in `reader`), while
 /// `consume` hashes the tar and writes the files on the calling thread: the
@@ -226,33 +241,21 @@ pub(crate) fn pipeline<R: Read + Send, T>(
             // back whole needs no zeroing before the next fill (a
             // decompressor gives less than a chunk per read, and zeroing
             // the rest of every chunk was 1.5 % of a pull's CPU).
-            let mut end = false;
-            while !end {
+            loop {
                 let mut chunk = empty_rx.try_recv().unwrap_or_default();
                 chunk.resize(CHUNK, 0);
-                let mut filled = 0;
-                while filled < CHUNK {
-                    match decompressor.read(&mut chunk[filled..]) {
-                        Ok(0) => {
-                            end = true;
-                            break;
-                        }
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            // What came before the error goes first.
-                            chunk.truncate(filled);
-                            if filled > 0 {
-                                let _ = full_tx.send(Ok(chunk));
-                            }
-                            let _ = full_tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
+                let (filled, error) = fill(&mut decompressor, &mut chunk);
                 chunk.truncate(filled);
+                // What came before an error goes first.
                 if filled > 0 && full_tx.send(Ok(chunk)).is_err() {
                     return; // the consumer stopped (an error there)
+                }
+                if let Some(e) = error {
+                    let _ = full_tx.send(Err(e));
+                    return;
+                }
+                if filled < CHUNK {
+                    break; // the end of the stream
                 }
             }
             if let Err(e) = decompressor.drain_rest() {

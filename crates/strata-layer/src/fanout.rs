@@ -375,17 +375,10 @@ impl Drop for Fanout {
 fn read_into(data: &mut dyn Read, out: &mut Vec<u8>, size: usize) -> std::io::Result<()> {
     let start = out.len();
     out.resize(start + size, 0);
-    let mut filled = 0;
-    while filled < size {
-        match data.read(&mut out[start + filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
+    let (filled, error) = crate::compression::fill(data, &mut out[start..]);
+    if let Some(e) = error {
+        out.truncate(start);
+        return Err(e);
     }
     out.truncate(start + filled);
     Ok(())

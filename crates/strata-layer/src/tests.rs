@@ -1477,11 +1477,17 @@ fn the_tree_digest_looked_up_in_parallel_equals_one_by_one() {
         }
     }
     let none = crate::WrittenFiles::default();
-    let sequential = |on: bool| crate::tree::SEQUENTIAL.with(|s| s.set(on));
     let parallel = crate::tree_digest(d.path(), &none).unwrap();
-    sequential(true);
-    let one_by_one = crate::tree_digest(d.path(), &none).unwrap();
-    sequential(false);
+    let one_by_one = crate::tree::tree_digest_with(
+        d.path(),
+        &none,
+        &crate::tree::Limits {
+            parallel: false,
+            lookups_on_pool: false,
+            ..crate::tree::Limits::default()
+        },
+    )
+    .unwrap();
     assert_eq!(parallel, one_by_one);
     std::fs::set_permissions(big.join("n2400"), std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_ne!(

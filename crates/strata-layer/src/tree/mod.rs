@@ -253,26 +253,15 @@ pub(crate) struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        #[cfg(test)]
-        let sequential = SEQUENTIAL.with(std::cell::Cell::get);
-        #[cfg(not(test))]
-        let sequential = false;
         Self {
-            parallel: !sequential,
-            lookups_on_pool: !sequential,
+            parallel: true,
+            lookups_on_pool: true,
             max_depth: 32,
             max_names: 4096,
             max_ahead_bytes: 32 << 20,
             max_fds_ahead: 32,
         }
     }
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Tests: walk the whole tree on the calling thread, looking every name
-    /// up there (the reference the parallel walk is checked against).
-    pub(crate) static SEQUENTIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// [`tree_digest`] within `limits`.
